@@ -1,0 +1,33 @@
+"""Invertible layers. Every one returns ``(output, log_det)`` in both directions; see
+:mod:`realnvp.bijectors.base` for the contract."""
+
+from .base import Bijector, Inverse, Sequential, sum_except_batch, zero_log_det
+from .coupling import AdditiveCoupling, AffineCoupling
+from .linear import Invertible1x1Conv
+from .masks import Checkerboard, Halves, Mask, checkerboard
+from .multiscale import MultiScale
+from .normalization import ActNorm, BatchNorm
+from .preprocessing import Dequantize, Logit, bits_per_dim
+from .squeeze import Squeeze
+
+__all__ = [
+    "ActNorm",
+    "AdditiveCoupling",
+    "AffineCoupling",
+    "BatchNorm",
+    "Bijector",
+    "Checkerboard",
+    "Dequantize",
+    "Halves",
+    "Inverse",
+    "Invertible1x1Conv",
+    "Logit",
+    "Mask",
+    "MultiScale",
+    "Sequential",
+    "Squeeze",
+    "bits_per_dim",
+    "checkerboard",
+    "sum_except_batch",
+    "zero_log_det",
+]

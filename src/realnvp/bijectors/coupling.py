@@ -1,0 +1,83 @@
+"""Coupling layers (paper §3.2–3.4; NICE for the additive one).
+
+Affine: ``y = b⊙x + (1−b)⊙(x⊙exp(s(b⊙x)) + t(b⊙x))``, log-det ``Σ (1−b)⊙s``.
+Inverse: ``x = b⊙y + (1−b)⊙((y − t(b⊙y))⊙exp(−s(b⊙y)))``.
+
+One helper, :meth:`_Coupling._couple`, serves both directions; only the elementwise map differs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import Bijector, sum_except_batch, zero_log_det
+from .masks import Mask
+
+
+def _per_channel(p: Tensor, ndim: int) -> Tensor:
+    """Reshape a (C,) parameter to broadcast against a (B, C, ...) tensor of ``ndim`` dims."""
+    return p.view(1, -1, *([1] * (ndim - 2)))
+
+
+class _Coupling(Bijector):
+    def __init__(self, mask: Mask, net: nn.Module):
+        super().__init__()
+        self.mask = mask
+        self.net = net
+
+    def _scale_and_shift(self, h: Tensor, ndim: int) -> tuple[Tensor | None, Tensor]:
+        raise NotImplementedError
+
+    def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        s, t = self._scale_and_shift(self.net(self.mask.condition(x)), x.dim())
+        # The affine map itself runs in the data's precision even when the network ran in a
+        # lower one under autocast: only the network's arithmetic is allowed to be cheap.
+        t = self.mask.restrict(t.to(x.dtype))
+        a = self.mask.active(x)
+        if s is None:
+            a = a - t if inverse else a + t
+            log_det = zero_log_det(x)
+        else:
+            s = self.mask.restrict(s.to(x.dtype))
+            a = (a - t) * torch.exp(-s) if inverse else a * torch.exp(s) + t
+            log_det = sum_except_batch(s)
+            if inverse:
+                log_det = -log_det
+        return self.mask.merge(x, a), log_det
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._couple(x, inverse=False)
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        return self._couple(y, inverse=True)
+
+
+class AffineCoupling(_Coupling):
+    """RealNVP's affine coupling with a tanh-bounded scale.
+
+    ``net`` maps ``(B, mask.in_features, ...)`` to ``(B, 2 * mask.out_features, ...)``: the first
+    half is the raw scale, the second the shift. The scale is ``s = rescale ⊙ tanh(raw)`` with a
+    learned per-channel ``rescale`` initialised to one. The network's last layer is expected to
+    start small (not zero), so the layer begins near the identity while every parameter, the
+    rescaling included, receives a gradient from the first step; zeroing both the last layer and
+    ``rescale`` would leave the scale branch without gradient for ever.
+    """
+
+    def __init__(self, mask: Mask, net: nn.Module):
+        super().__init__(mask, net)
+        self.rescale = nn.Parameter(torch.ones(mask.out_features))
+
+    def _scale_and_shift(self, h: Tensor, ndim: int) -> tuple[Tensor, Tensor]:
+        raw, t = h.chunk(2, dim=1)
+        return _per_channel(self.rescale, ndim) * torch.tanh(raw), t
+
+
+class AdditiveCoupling(_Coupling):
+    """NICE's additive coupling ``y = b⊙x + (1−b)⊙(x + t(b⊙x))``; volume preserving (log-det 0).
+
+    ``net`` maps ``(B, mask.in_features, ...)`` to ``(B, mask.out_features, ...)``.
+    """
+
+    def _scale_and_shift(self, h: Tensor, ndim: int) -> tuple[None, Tensor]:
+        return None, h

@@ -1,0 +1,143 @@
+"""Normalising layers as bijectors: RealNVP's batch norm (paper App. E) and Glow's actnorm.
+
+Both act per channel (dimension 1) on ``(B, C)`` or ``(B, C, H, W)`` tensors, so each channel's
+log-scale is counted once per spatial position.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .base import Bijector
+
+
+def _reduce_dims(x: Tensor) -> list[int]:
+    return [0] + list(range(2, x.dim()))
+
+
+def _positions(x: Tensor) -> int:
+    """Spatial positions per channel: H*W for images, 1 for vectors."""
+    return math.prod(x.shape[2:])
+
+
+def _view(p: Tensor, x: Tensor) -> Tensor:
+    return p.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def _check_channels(x: Tensor, channels: int, name: str) -> None:
+    if x.dim() < 2 or x.shape[1] != channels:
+        raise ValueError(
+            f"{name} expects (B, {channels}, ...) input, got shape {tuple(x.shape)}"
+        )
+
+
+class BatchNorm(Bijector):
+    """Batch normalisation as an invertible layer, its log-det counted.
+
+    ``y = (x − μ) / sqrt(σ² + ε) ⊙ exp(log_gamma) + beta`` per channel. In training μ, σ² are the
+    statistics of the current batch (biased variance, over batch and space) and the running
+    averages move towards them with weight ``momentum``; in evaluation the running averages are
+    used, so an example's output does not depend on the rest of the batch. The log-det,
+    ``Σ_c (log_gamma_c − ½ log(σ_c² + ε)) · H·W``, uses whichever statistics were applied.
+
+    Because the running variance averages the same biased variance used in training, a model
+    evaluated with ``momentum=1`` reproduces the previous training batch exactly.
+    In training mode :meth:`inverse` uses the statistics of the last forward batch (so round trips
+    are exact), or the running averages if there was none.
+
+    Defaults follow the authors' code: ``momentum=0.1``, ``eps=1e-4``.
+    """
+
+    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-4, affine: bool = True):
+        super().__init__()
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+        self.channels, self.momentum, self.eps = channels, momentum, eps
+        self.log_gamma = nn.Parameter(torch.zeros(channels), requires_grad=affine)
+        self.beta = nn.Parameter(torch.zeros(channels), requires_grad=affine)
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+        self._last_stats: tuple[Tensor, Tensor] | None = None
+
+    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.training:
+            return self.running_mean.to(x.dtype), self.running_var.to(x.dtype)
+        if x.shape[0] * _positions(x) < 2:
+            raise ValueError(
+                "BatchNorm in training mode needs more than one value per channel "
+                f"(got input of shape {tuple(x.shape)}); use a larger batch or eval mode"
+            )
+        var, mean = torch.var_mean(x, dim=_reduce_dims(x), correction=0)
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
+        self._last_stats = (mean.detach(), var.detach())
+        return mean, var
+
+    def _log_scale(self, var: Tensor) -> Tensor:
+        """Per-channel log of the multiplier applied in the forward direction, shape (C,)."""
+        return self.log_gamma.to(var.dtype) - 0.5 * torch.log(var + self.eps)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        _check_channels(x, self.channels, "BatchNorm")
+        mean, var = self._stats(x)
+        log_scale = self._log_scale(var)
+        y = (x - _view(mean, x)) * _view(torch.exp(log_scale), x) + _view(self.beta.to(x.dtype), x)
+        log_det = (log_scale.sum() * _positions(x)).expand(x.shape[0])
+        return y, log_det.to(torch.promote_types(x.dtype, torch.float32))
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        _check_channels(y, self.channels, "BatchNorm")
+        if self.training and self._last_stats is not None:
+            mean, var = (s.to(y.dtype) for s in self._last_stats)
+        else:
+            mean, var = self.running_mean.to(y.dtype), self.running_var.to(y.dtype)
+        log_scale = self._log_scale(var)
+        x = (y - _view(self.beta.to(y.dtype), y)) * _view(torch.exp(-log_scale), y) + _view(mean, y)
+        log_det = -(log_scale.sum() * _positions(y)).expand(y.shape[0])
+        return x, log_det.to(torch.promote_types(y.dtype, torch.float32))
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, momentum={self.momentum}, eps={self.eps}"
+
+
+class ActNorm(Bijector):
+    """Glow's activation normalisation: ``y = (x + bias) ⊙ exp(log_scale)`` per channel.
+
+    Data-dependent initialisation: the first forward call in training mode sets ``bias`` and
+    ``log_scale`` so that the batch has zero mean and unit variance per channel. Log-det
+    ``Σ_c log_scale_c · H·W``. The ``initialized`` flag is a buffer, so it travels in state dicts.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.channels, self.eps = channels, eps
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.log_scale = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def _initialize(self, x: Tensor) -> None:
+        var, mean = torch.var_mean(x, dim=_reduce_dims(x), correction=0)
+        self.bias.copy_(-mean)
+        self.log_scale.copy_(-0.5 * torch.log(var + self.eps))
+        self.initialized.fill_(True)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        _check_channels(x, self.channels, "ActNorm")
+        if self.training and not bool(self.initialized):
+            self._initialize(x)
+        log_scale = self.log_scale.to(x.dtype)
+        y = (x + _view(self.bias.to(x.dtype), x)) * _view(torch.exp(log_scale), x)
+        log_det = (log_scale.sum() * _positions(x)).expand(x.shape[0])
+        return y, log_det.to(torch.promote_types(x.dtype, torch.float32))
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        _check_channels(y, self.channels, "ActNorm")
+        log_scale = self.log_scale.to(y.dtype)
+        x = y * _view(torch.exp(-log_scale), y) - _view(self.bias.to(y.dtype), y)
+        log_det = -(log_scale.sum() * _positions(y)).expand(y.shape[0])
+        return x, log_det.to(torch.promote_types(y.dtype, torch.float32))

@@ -1,0 +1,146 @@
+"""A normalizing flow as a distribution: a bijector from data to latent plus a normal prior.
+
+Follows ``torch.distributions`` conventions: :meth:`Flow.log_prob`, :meth:`Flow.sample`,
+:meth:`Flow.rsample`. Log-probabilities are in nats, per example.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..bijectors import AffineCoupling, Bijector
+from ..nets import weight_norm_magnitudes
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """``log N(z; 0, I)`` summed over the latent: ``(B, D) -> (B,)`` in nats (float32 or more)."""
+    z = z.to(torch.promote_types(z.dtype, torch.float32))
+    return -0.5 * (z.pow(2).sum(dim=1) + z.shape[1] * _LOG_2PI)
+
+
+class Flow(nn.Module):
+    """``bijector`` maps data of shape ``(B, *event_shape)`` to a ``(B, D)`` latent with a
+    standard-normal prior.
+
+    Args:
+        bijector: data → latent; must return a flat ``(B, D)`` latent.
+        event_shape: shape of one example, e.g. ``(C, H, W)`` or ``(D,)``.
+        support: ``(low, high)`` bounds the data must lie in (inclusive), or ``None``.
+        validate_args: check shapes, finiteness and support of inputs (a ``ValueError`` naming
+            the problem instead of NaNs or a deep traceback). One extra reduction per call.
+    """
+
+    def __init__(
+        self,
+        bijector: Bijector,
+        event_shape: tuple[int, ...],
+        support: tuple[float, float] | None = None,
+        validate_args: bool = True,
+    ):
+        super().__init__()
+        self.bijector = bijector
+        self.event_shape = tuple(event_shape)
+        self.support = support
+        self.validate_args = validate_args
+
+    @property
+    def num_dims(self) -> int:
+        """D, the number of dimensions of one example (and of its latent)."""
+        return math.prod(self.event_shape)
+
+    def _reference(self) -> tuple[torch.device | None, torch.dtype | None]:
+        """Device and dtype of the model's first floating parameter or buffer; ``None`` for a
+        model that has none (it then accepts any)."""
+        for t in itertools.chain(self.parameters(), self.buffers()):
+            if t.is_floating_point():
+                return t.device, t.dtype
+        return None, None
+
+    def _validate(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise ValueError(f"expected a torch.Tensor, got {type(x).__name__}")
+        if tuple(x.shape[1:]) != self.event_shape or x.dim() != len(self.event_shape) + 1:
+            raise ValueError(
+                f"expected input of shape (B, {', '.join(map(str, self.event_shape))}), "
+                f"got {tuple(x.shape)}"
+            )
+        if x.shape[0] == 0:
+            raise ValueError("got an empty batch (batch size 0)")
+        if not x.is_floating_point():
+            raise ValueError(f"expected a floating-point tensor, got dtype {x.dtype}")
+        device, dtype = self._reference()
+        if device is not None and x.device != device:
+            raise ValueError(f"input is on {x.device} but the model is on {device}")
+        if dtype is not None and x.dtype != dtype:
+            raise ValueError(f"input has dtype {x.dtype} but the model's parameters are {dtype}")
+        if not self.validate_args:
+            return
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("input contains NaN or infinite values")
+        if self.support is not None:
+            low, high = self.support
+            lo, hi = float(x.min()), float(x.max())
+            if lo < low or hi > high:
+                raise ValueError(
+                    f"input values must lie in [{low:.4g}, {high:.4g}] (dequantized data scaled "
+                    f"to [0, 1]); got values in [{lo:.4g}, {hi:.4g}]"
+                )
+
+    def forward_with_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, *event_shape) -> ((B, D) latent, (B,) log|det dz/dx|)``."""
+        self._validate(x)
+        return self.bijector(x)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """``log p(x)`` in nats, shape ``(B,)``: prior log-density of the latent plus log-det."""
+        z, log_det = self.forward_with_log_det(x)
+        return standard_normal_log_prob(z) + log_det
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Data ``(B, *event_shape)`` to latent ``(B, D)``; the exact inverse of :meth:`decode`
+        in eval mode."""
+        return self.forward_with_log_det(x)[0]
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Latent ``(B, D)`` to data ``(B, *event_shape)``."""
+        if z.dim() != 2 or z.shape[1] != self.num_dims:
+            raise ValueError(f"expected a latent of shape (B, {self.num_dims}), got {tuple(z.shape)}")
+        return self.bijector.inverse(z)[0]
+
+    def rsample(self, n: int, temperature: float = 1.0, generator=None) -> Tensor:
+        """``n`` reparametrised samples ``(n, *event_shape)``; ``z ~ N(0, temperature² I)``.
+
+        Uses the module's current mode; see :meth:`sample` for the usual entry point.
+        """
+        if n < 1:
+            raise ValueError(f"number of samples must be >= 1, got {n}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        device, dtype = self._reference()
+        z = torch.randn(n, self.num_dims, device=device, dtype=dtype, generator=generator)
+        return self.decode(z * temperature)
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, generator=None) -> Tensor:
+        """``n`` samples ``(n, *event_shape)`` at the given temperature (which multiplies the
+        prior's standard deviation). Always runs in eval mode (running batch-norm averages), so
+        samples never depend on the last training batch; the previous mode is restored."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.rsample(n, temperature, generator)
+        finally:
+            self.train(was_training)
+
+    def regularized_parameters(self) -> list[nn.Parameter]:
+        """The parameters the paper's L2 penalty covers: weight-norm magnitudes and the coupling
+        scale factors (``rescale``), and nothing else."""
+        params = weight_norm_magnitudes(self)
+        params += [m.rescale for m in self.modules() if isinstance(m, AffineCoupling)]
+        return params

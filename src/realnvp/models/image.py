@@ -1,0 +1,113 @@
+"""The image RealNVP of the paper (§3.6, §4.1, App. E)."""
+
+from __future__ import annotations
+
+from ..bijectors import (
+    AdditiveCoupling,
+    AffineCoupling,
+    BatchNorm,
+    Bijector,
+    Checkerboard,
+    Halves,
+    Logit,
+    Mask,
+    MultiScale,
+    Sequential,
+    Squeeze,
+)
+from ..nets import ResNet
+from .flow import Flow
+
+COUPLINGS = {"affine": AffineCoupling, "additive": AdditiveCoupling}
+
+
+def _logit_domain(alpha: float) -> tuple[float, float]:
+    """Inputs y for which ``alpha + (1 - 2 alpha) y`` lies in [0, 1]: the data [0, 1] plus the
+    margin into which samples of the model may fall."""
+    margin = alpha / (1 - 2 * alpha)
+    return -margin, 1 + margin
+
+
+class RealNVP(Flow):
+    """Multi-scale RealNVP for images ``(B, C, H, W)`` with values in ``[0, 1]``.
+
+    Each scale but the last: 3 couplings with alternating checkerboard masks, a squeeze, 3
+    couplings with alternating channel-wise masks, then half of the channels are factored out.
+    The last scale: 4 checkerboard couplings. The s/t ResNets have ``hidden_channels`` feature
+    maps at the first scale and double with every squeeze. With ``batch_norm`` a
+    :class:`~realnvp.bijectors.BatchNorm` follows every coupling (its log-det counted).
+
+    The input is expected to be dequantized data scaled to ``[0, 1]`` (see
+    :class:`~realnvp.bijectors.Dequantize`); the first layer is the logit transform with
+    ``logit_alpha`` (``None`` removes it; the input is then unconstrained).
+
+    The paper's CIFAR-10 model: ``RealNVP((3, 32, 32), num_scales=2, hidden_channels=64,
+    num_blocks=8)``; its 32×32 ImageNet and 64×64 models use 4 blocks with 32 maps (64×64: 2
+    blocks) and as many scales as it takes to reach 4×4.
+    """
+
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int] = (3, 32, 32),
+        num_scales: int = 2,
+        hidden_channels: int = 64,
+        num_blocks: int = 8,
+        coupling: str = "affine",
+        batch_norm: bool = True,
+        logit_alpha: float | None = 0.05,
+        bn_momentum: float = 0.1,
+        validate_args: bool = True,
+    ):
+        c, h, w = in_shape
+        if coupling not in COUPLINGS:
+            raise ValueError(f"coupling must be one of {sorted(COUPLINGS)}, got {coupling!r}")
+        if num_scales < 1:
+            raise ValueError(f"num_scales must be >= 1, got {num_scales}")
+        f = 2 ** (num_scales - 1)
+        if h % f or w % f or h // f < 2 or w // f < 1:
+            raise ValueError(
+                f"input {h}x{w} cannot be squeezed {num_scales - 1} times "
+                f"(H and W must be divisible by {f} and leave at least 2x2 at the last scale)"
+            )
+        coupling_cls = COUPLINGS[coupling]
+        affine = coupling == "affine"
+
+        def layer(mask: Mask, channels: int, hidden: int) -> list[Bijector]:
+            """A coupling on ``channels`` channels, then (optionally) batch norm on its output."""
+            out = mask.out_features * (2 if affine else 1)
+            net = ResNet(mask.in_features, out, hidden=hidden, num_blocks=num_blocks,
+                         out_bias=affine or not batch_norm)
+            layers: list[Bijector] = [coupling_cls(mask, net)]
+            if batch_norm:
+                layers.append(BatchNorm(channels, momentum=bn_momentum))
+            return layers
+
+        stages: list[Bijector] = []
+        c_now, h_now, w_now, hidden = c, h, w, hidden_channels
+        for k in range(num_scales):
+            last = k == num_scales - 1
+            layers: list[Bijector] = []
+            for i in range(4 if last else 3):
+                layers += layer(Checkerboard(c_now, h_now, w_now, parity=i % 2), c_now, hidden)
+            if not last:
+                layers.append(Squeeze())
+                c_now, h_now, w_now, hidden = 4 * c_now, h_now // 2, w_now // 2, 2 * hidden
+                for i in range(3):
+                    layers += layer(Halves(c_now, flip=bool(i % 2)), c_now, hidden)
+                c_now //= 2
+            stages.append(Sequential(*layers))
+
+        body = MultiScale(stages, in_shape)
+        bijector = body if logit_alpha is None else Sequential(Logit(logit_alpha), body)
+        super().__init__(
+            bijector,
+            event_shape=in_shape,
+            support=None if logit_alpha is None else _logit_domain(logit_alpha),
+            validate_args=validate_args,
+        )
+        self.config = dict(
+            in_shape=tuple(in_shape), num_scales=num_scales, hidden_channels=hidden_channels,
+            num_blocks=num_blocks, coupling=coupling, batch_norm=batch_norm,
+            logit_alpha=logit_alpha, bn_momentum=bn_momentum,
+        )
+

@@ -1,0 +1,46 @@
+"""RealNVP for vectors (tabular data, 2-D toy densities)."""
+
+from __future__ import annotations
+
+from ..bijectors import BatchNorm, Bijector, Halves, Sequential
+from ..nets import MLP
+from .flow import Flow
+from .image import COUPLINGS
+
+
+class VectorRealNVP(Flow):
+    """Couplings on alternating halves of the features, with MLP s/t networks and (optionally)
+    a :class:`~realnvp.bijectors.BatchNorm` after each coupling. ``(B, D)`` data, ``(B, D)``
+    latent; no preprocessing (standardise tabular data first)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_couplings: int = 8,
+        hidden: int = 128,
+        num_layers: int = 2,
+        coupling: str = "affine",
+        batch_norm: bool = True,
+        bn_momentum: float = 0.1,
+        validate_args: bool = True,
+    ):
+        if dim < 2:
+            raise ValueError(f"a coupling flow needs at least 2 dimensions, got dim={dim}")
+        if coupling not in COUPLINGS:
+            raise ValueError(f"coupling must be one of {sorted(COUPLINGS)}, got {coupling!r}")
+        affine = coupling == "affine"
+        layers: list[Bijector] = []
+        for i in range(num_couplings):
+            mask = Halves(dim, flip=bool(i % 2))
+            out = mask.out_features * (2 if affine else 1)
+            followed_by_bn = batch_norm and i < num_couplings - 1
+            net = MLP(mask.in_features, out, hidden=hidden, num_layers=num_layers,
+                      out_bias=affine or not followed_by_bn)
+            layers.append(COUPLINGS[coupling](mask, net))
+            if followed_by_bn:
+                layers.append(BatchNorm(dim, momentum=bn_momentum))
+        super().__init__(Sequential(*layers), event_shape=(dim,), validate_args=validate_args)
+        self.config = dict(
+            dim=dim, num_couplings=num_couplings, hidden=hidden, num_layers=num_layers,
+            coupling=coupling, batch_norm=batch_norm, bn_momentum=bn_momentum,
+        )

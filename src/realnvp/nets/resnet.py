@@ -1,0 +1,77 @@
+"""The paper's s/t network: a deep residual network with weight normalisation and batch norm.
+
+Structure (paper App. E and the authors' code): the (masked) input is batch-normalised, then
+concatenated with its negation and passed through a ReLU ("concat-ReLU", so no information is
+lost at the first non-linearity); a 3×3 convolution lifts it to ``hidden`` maps; ``num_blocks``
+pre-activation residual blocks (BN → ReLU → 3×3 conv, twice, plus the identity) follow, and a
+1×1 skip convolution collects every block's output into a running sum; the sum goes through
+BN → ReLU → a final 1×1 convolution to ``out_channels``.
+
+All convolutions are weight-normalised. The final one starts at a small scale (``out_scale``):
+the coupling begins close to the identity, yet every parameter already receives a gradient.
+``out_bias=False`` drops the output bias where it would be redundant (an additive coupling's
+shift followed by batch norm, which removes any constant shift).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .weightnorm import WNConv2d
+
+
+class ResidualBlock(nn.Module):
+    """``x + conv(relu(bn(conv(relu(bn(x))))))`` with 3×3 weight-normalised convolutions."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            WNConv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            WNConv2d(channels, channels, 3, padding=1, bias=True),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.net(x)
+
+
+class ResNet(nn.Module):
+    """``(B, in_channels, H, W) -> (B, out_channels, H, W)``; see the module docstring."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 64,
+        num_blocks: int = 8,
+        out_scale: float = 1e-2,
+        out_bias: bool = True,
+    ):
+        super().__init__()
+        self.in_norm = nn.BatchNorm2d(in_channels)
+        self.in_conv = WNConv2d(2 * in_channels, hidden, 3, padding=1)
+        self.in_skip = WNConv2d(hidden, hidden, 1)
+        self.blocks = nn.ModuleList(ResidualBlock(hidden) for _ in range(num_blocks))
+        self.skips = nn.ModuleList(WNConv2d(hidden, hidden, 1) for _ in range(num_blocks))
+        self.out = nn.Sequential(
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(),
+            WNConv2d(hidden, out_channels, 1, bias=out_bias, init_scale=out_scale),
+        )
+        if out_bias:
+            with torch.no_grad():
+                self.out[-1].bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.in_norm(x)
+        x = torch.relu(torch.cat((x, -x), dim=1))
+        x = self.in_conv(x)
+        skip = self.in_skip(x)
+        for block, proj in zip(self.blocks, self.skips, strict=True):
+            x = block(x)
+            skip = skip + proj(x)
+        return self.out(skip)

@@ -1,0 +1,56 @@
+"""Weight normalisation (Salimans & Kingma 2016) for convolutions and linear layers.
+
+``w = g · v / ‖v‖`` with one magnitude ``g`` per output unit. The magnitudes are the parameters
+the paper's L2 penalty acts on; their name, ``weight_g``, is how models find them.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class _WeightNormMixin:
+    def _init_weight_norm(self, init_scale: float) -> None:
+        # Start with w equal to the default-initialised weight (times init_scale).
+        v = self.weight.detach().clone()
+        del self.weight
+        self.weight_v = nn.Parameter(v)
+        self.weight_g = nn.Parameter(init_scale * self._norm(v))
+
+    def _norm(self, v: Tensor) -> Tensor:
+        return v.flatten(1).norm(dim=1)
+
+    def normalized_weight(self) -> Tensor:
+        v = self.weight_v
+        scale = self.weight_g / self._norm(v)
+        return v * scale.view(-1, *([1] * (v.dim() - 1)))
+
+
+class WNConv2d(_WeightNormMixin, nn.Conv2d):
+    """``nn.Conv2d`` with weight normalisation; ``init_scale`` multiplies the initial weight."""
+
+    def __init__(self, *args, init_scale: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_weight_norm(init_scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.normalized_weight(), self.bias)
+
+
+class WNLinear(_WeightNormMixin, nn.Linear):
+    """``nn.Linear`` with weight normalisation; ``init_scale`` multiplies the initial weight."""
+
+    def __init__(self, *args, init_scale: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_weight_norm(init_scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.normalized_weight(), self.bias)
+
+
+def weight_norm_magnitudes(module: nn.Module) -> list[nn.Parameter]:
+    """All ``weight_g`` parameters below ``module``."""
+    return [p for name, p in module.named_parameters() if name.endswith("weight_g")]
+
+

@@ -1,0 +1,249 @@
+"""Every bijector: exact inverse and log-det against the autograd Jacobian, in train and eval
+mode, float32 and float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import check_log_det, check_round_trip, perturb
+from realnvp.bijectors import (
+    ActNorm,
+    AdditiveCoupling,
+    AffineCoupling,
+    BatchNorm,
+    Checkerboard,
+    Halves,
+    Invertible1x1Conv,
+    Logit,
+    Sequential,
+    Squeeze,
+    checkerboard,
+)
+from realnvp.nets import MLP, ResNet
+
+
+def image_coupling(cls, mask_kind, parity, shape=(2, 4, 4)):
+    c, h, w = shape
+    mask = Checkerboard(c, h, w, parity) if mask_kind == "checkerboard" else Halves(c, bool(parity))
+    mult = 2 if cls is AffineCoupling else 1
+    net = ResNet(mask.in_features, mult * mask.out_features, hidden=8, num_blocks=1)
+    return cls(mask, net)
+
+
+def vector_coupling(cls, flip, dim=6):
+    mask = Halves(dim, flip)
+    mult = 2 if cls is AffineCoupling else 1
+    return cls(mask, MLP(mask.in_features, mult * mask.out_features, hidden=16, num_layers=2))
+
+
+# name -> (factory, example shape, input sampler)
+def _normal(shape, g):
+    return torch.randn(shape, generator=g)
+
+
+def _unit(shape, g):
+    return torch.rand(shape, generator=g) * 0.98 + 0.01
+
+
+LAYERS = {
+    "affine-checkerboard-0": (lambda: image_coupling(AffineCoupling, "checkerboard", 0), (2, 4, 4)),
+    "affine-checkerboard-1": (lambda: image_coupling(AffineCoupling, "checkerboard", 1), (2, 4, 4)),
+    "affine-channel-first": (lambda: image_coupling(AffineCoupling, "channel", 0), (2, 4, 4)),
+    "affine-channel-second": (lambda: image_coupling(AffineCoupling, "channel", 1), (2, 4, 4)),
+    "affine-channel-odd": (
+        lambda: image_coupling(AffineCoupling, "channel", 1, (3, 4, 4)), (3, 4, 4)),
+    "affine-checkerboard-3x8x8": (
+        lambda: image_coupling(AffineCoupling, "checkerboard", 0, (3, 8, 8)), (3, 8, 8)),
+    "additive-checkerboard": (lambda: image_coupling(AdditiveCoupling, "checkerboard", 1), (2, 4, 4)),
+    "additive-channel": (lambda: image_coupling(AdditiveCoupling, "channel", 0), (2, 4, 4)),
+    "affine-vector-0": (lambda: vector_coupling(AffineCoupling, False), (6,)),
+    "affine-vector-1": (lambda: vector_coupling(AffineCoupling, True), (6,)),
+    "affine-vector-odd": (lambda: vector_coupling(AffineCoupling, True, 5), (5,)),
+    "additive-vector": (lambda: vector_coupling(AdditiveCoupling, False), (6,)),
+    "squeeze": (Squeeze, (2, 4, 4)),
+    "batchnorm-image": (lambda: BatchNorm(2), (2, 4, 4)),
+    "batchnorm-vector": (lambda: BatchNorm(6), (6,)),
+    "actnorm-image": (lambda: ActNorm(2), (2, 4, 4)),
+    "actnorm-vector": (lambda: ActNorm(6), (6,)),
+    "conv1x1-image": (lambda: Invertible1x1Conv(3), (3, 4, 4)),
+    "conv1x1-vector": (lambda: Invertible1x1Conv(6), (6,)),
+    "logit": (lambda: Logit(0.05), (2, 4, 4)),
+    "logit-alpha0": (lambda: Logit(0.0), (6,)),
+    "sequential": (
+        lambda: Sequential(Logit(), image_coupling(AffineCoupling, "checkerboard", 0), BatchNorm(2),
+                           Squeeze(), Invertible1x1Conv(8), ActNorm(8)),
+        (2, 4, 4),
+    ),
+}
+UNIT_INPUT = {"logit", "logit-alpha0", "sequential"}
+
+
+def make(name, dtype, mode, batch=5, seed=0):
+    factory, shape = LAYERS[name]
+    torch.manual_seed(seed)
+    layer = factory()
+    perturb(layer, 0.3 if "norm" not in name else 0.1, seed)
+    layer = layer.to(dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    sampler = _unit if name in UNIT_INPUT else _normal
+    x = (sampler((batch, *shape), g) * (1 if name in UNIT_INPUT else 1.5)).to(dtype)
+    layer.train(mode == "train")
+    if mode == "eval":
+        # Give batch norms and actnorm realistic statistics before switching to evaluation.
+        layer.train()
+        with torch.no_grad():
+            layer(sampler((16, *shape), g).to(dtype))
+        layer.eval()
+    return layer, x
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_round_trip(name, dtype, mode):
+    layer, x = make(name, dtype, mode)
+    check_round_trip(layer, x, atol=1e-5 if dtype == torch.float64 else 1e-4)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_log_det_matches_jacobian(name, mode):
+    layer, x = make(name, torch.float64, mode, batch=3)
+    check_log_det(layer, x, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["batchnorm-image", "batchnorm-vector", "actnorm-image"])
+def test_float32_log_det_close_to_float64(name):
+    layer, x = make(name, torch.float32, "eval")
+    ref, _ = make(name, torch.float64, "eval")
+    torch.testing.assert_close(layer(x)[1].double(), ref(x.double())[1], atol=1e-4, rtol=1e-5)
+
+
+def test_squeeze_ordering_and_partition():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    y, _ = Squeeze()(x)
+    assert y.shape == (1, 4, 2, 2)
+    # channel 2i + j holds offset (i, j) of each 2x2 block
+    assert y[0, :, 0, 0].tolist() == [0.0, 1.0, 4.0, 5.0]
+    for c in (1, 2, 3):
+        b = checkerboard(4, 4, 0).expand(1, c, 4, 4)
+        sq, _ = Squeeze()(b)
+        half = sq.shape[1] // 2
+        for part in (sq[:, :half], sq[:, half:]):
+            # a channel half is never one colour of the checkerboard
+            assert 0 < part.mean() < 1
+
+
+def test_checkerboard_mask_layout():
+    b = checkerboard(3, 3, 0)[0, 0]
+    assert b.tolist() == [[1, 0, 1], [0, 1, 0], [1, 0, 1]]
+    assert (checkerboard(3, 3, 1)[0, 0] + b).eq(1).all()
+
+
+def test_coupling_transforms_only_the_active_part():
+    layer, x = make("affine-checkerboard-0", torch.float64, "eval")
+    y, _ = layer(x)
+    b = layer.mask.b.bool().expand_as(x)
+    assert torch.equal(y[b], x[b])
+    assert not torch.allclose(y[~b], x[~b])
+    layer, x = make("affine-channel-second", torch.float64, "eval")
+    y, _ = layer(x)
+    assert torch.equal(y[:, 1:], x[:, 1:]) and not torch.allclose(y[:, :1], x[:, :1])
+
+
+def test_alternating_couplings_transform_every_unit():
+    torch.manual_seed(0)
+    layers = Sequential(image_coupling(AffineCoupling, "checkerboard", 0),
+                        image_coupling(AffineCoupling, "checkerboard", 1))
+    perturb(layers)
+    x = torch.randn(2, 2, 4, 4)
+    y, _ = layers(x)
+    assert ((y - x).abs() > 1e-6).all()
+
+
+def test_scale_is_tanh_bounded():
+    layer, x = make("affine-vector-0", torch.float64, "eval")
+    with torch.no_grad():
+        layer.net.net[-1].weight_g.mul_(1e4)
+        layer.rescale.fill_(2.0)
+    _, log_det = layer(x * 100)
+    assert (log_det.abs() <= 2.0 * layer.mask.out_features + 1e-9).all()
+
+
+def test_batchnorm_uses_batch_stats_in_training_and_running_in_eval():
+    bn = BatchNorm(3, momentum=0.5)
+    x = torch.randn(64, 3, 4, 4) * 3 + 2
+    y, log_det = bn(x)
+    torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(dim=(0, 2, 3), correction=0), torch.ones(3), atol=1e-3, rtol=0)
+    var = x.var(dim=(0, 2, 3), correction=0)
+    torch.testing.assert_close(log_det, (-0.5 * torch.log(var + 1e-4)).sum().expand(64) * 16)
+    torch.testing.assert_close(bn.running_mean, 0.5 * x.mean(dim=(0, 2, 3)))
+    bn.eval()
+    single, _ = bn(x[:1])
+    assert torch.allclose(single, bn(x)[0][:1])
+
+
+def test_batchnorm_refuses_single_value_in_training():
+    with pytest.raises(ValueError, match="more than one value"):
+        BatchNorm(4)(torch.randn(1, 4))
+    BatchNorm(4).eval()(torch.randn(1, 4))  # fine in eval mode
+
+
+def test_actnorm_data_dependent_init():
+    an = ActNorm(3)
+    x = torch.randn(32, 3, 4, 4) * 5 - 1
+    y, _ = an(x)
+    torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.std(dim=(0, 2, 3), correction=0), torch.ones(3), atol=1e-4, rtol=0)
+    assert bool(an.initialized)
+    before = an.bias.detach().clone()
+    an(torch.randn(8, 3, 4, 4))
+    assert torch.equal(before, an.bias)
+    state = an.state_dict()
+    fresh = ActNorm(3)
+    fresh.load_state_dict(state)
+    assert bool(fresh.initialized)
+
+
+def test_conv1x1_starts_orthogonal_and_log_det_is_slogdet():
+    conv = Invertible1x1Conv(5)
+    w = conv.weight().double()
+    torch.testing.assert_close(w @ w.T, torch.eye(5, dtype=torch.float64), atol=1e-5, rtol=0)
+    perturb(conv)
+    x = torch.randn(2, 5, 3, 3)
+    _, log_det = conv(x)
+    expected = torch.linalg.slogdet(conv.weight().double())[1] * 9
+    torch.testing.assert_close(log_det.double(), expected.expand(2), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [torch.randn(2, 3, 4, 4), torch.randn(2, 2, 3, 4)])
+def test_layers_refuse_wrong_shapes(bad):
+    layers = [BatchNorm(2), ActNorm(2), Invertible1x1Conv(2)] if bad.shape[1] == 3 else [Squeeze()]
+    for layer in layers:
+        with pytest.raises(ValueError):
+            layer(bad)
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError):
+        Halves(1)
+    with pytest.raises(ValueError):
+        Checkerboard(1, 1, 1)
+    with pytest.raises(ValueError):
+        Checkerboard(1, 4, 4, parity=2)
+    with pytest.raises(ValueError):
+        Logit(0.5)
+    with pytest.raises(ValueError):
+        BatchNorm(2, momentum=0.0)
+
+
+def test_batchnorm_eval_with_momentum_one_reproduces_the_training_batch():
+    bn = BatchNorm(3, momentum=1.0)
+    x = torch.randn(16, 3, 4, 4) * 2 + 1
+    y_train, ld_train = bn(x)
+    bn.eval()
+    y_eval, ld_eval = bn(x)
+    torch.testing.assert_close(y_eval, y_train)
+    torch.testing.assert_close(ld_eval, ld_train)

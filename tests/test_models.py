@@ -1,0 +1,187 @@
+"""Whole models: exactness, batch independence in eval mode, gradients, state dicts, sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import check_log_det, perturb
+from realnvp import RealNVP, VectorRealNVP
+from realnvp.bijectors import AffineCoupling, BatchNorm, Squeeze
+
+CONFIGS = {
+    "image-2x4x4": lambda: RealNVP((2, 4, 4), num_scales=2, hidden_channels=4, num_blocks=1),
+    "image-3x8x8": lambda: RealNVP((3, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1),
+    "image-1x8x8-3scales-additive": lambda: RealNVP(
+        (1, 8, 8), num_scales=3, hidden_channels=4, num_blocks=1, coupling="additive"),
+    "image-no-bn-no-logit": lambda: RealNVP(
+        (2, 4, 4), num_scales=2, hidden_channels=4, num_blocks=1, batch_norm=False,
+        logit_alpha=None),
+    "vector-6": lambda: VectorRealNVP(6, num_couplings=4, hidden=16),
+    "vector-2-additive": lambda: VectorRealNVP(2, num_couplings=4, hidden=16, coupling="additive"),
+}
+
+
+def data(model, batch, dtype=torch.float32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, *model.event_shape, generator=g) if model.support else \
+        torch.randn(batch, *model.event_shape, generator=g)
+    if model.support:
+        x = 0.01 + 0.98 * x
+    return x.to(dtype)
+
+
+def build(name, dtype=torch.float32, mode="eval", seed=0):
+    torch.manual_seed(seed)
+    model = perturb(CONFIGS[name](), 0.05, seed).to(dtype)
+    model.train()
+    with torch.no_grad():  # realistic running statistics
+        for _ in range(3):
+            model.log_prob(data(model, 32, dtype, seed=seed + 7))
+    model.train(mode == "train")
+    return model
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_round_trip(name, dtype, mode):
+    model = build(name, dtype, mode)
+    x = data(model, 8, dtype)
+    z, log_det = model.bijector(x)
+    assert z.shape == (8, model.num_dims)
+    x_back, inv_log_det = model.bijector.inverse(z)
+    tol = 1e-5 if dtype == torch.float64 else 1e-4
+    assert (x_back - x).abs().max() <= tol
+    torch.testing.assert_close(inv_log_det, -log_det, atol=tol * 10, rtol=1e-5)
+    if mode == "eval":
+        assert (model.decode(model.encode(x)) - x).abs().max() <= tol
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_log_det_matches_jacobian(name, mode):
+    model = build(name, torch.float64, mode)
+    check_log_det(model.bijector, data(model, 3, torch.float64), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_eval_log_prob_does_not_depend_on_the_batch(name):
+    model = build(name, torch.float64)
+    x = data(model, 16, torch.float64)
+    full = model.log_prob(x)
+    assert torch.isfinite(full).all()
+    torch.testing.assert_close(model.log_prob(x[:1]), full[:1], atol=1e-9, rtol=0)
+    torch.testing.assert_close(model.log_prob(x[5:9]), full[5:9], atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = CONFIGS[name]()  # the real initialisation, not perturbed
+    x = data(model, 16)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def grads():
+        opt.zero_grad()
+        (-model.log_prob(x).mean()).backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    for step in range(2):  # at initialisation and after one optimizer step
+        for n, g in grads().items():
+            assert g is not None, f"{n} has no gradient (step {step})"
+            assert torch.isfinite(g).all(), f"{n} has a non-finite gradient (step {step})"
+            assert g.abs().sum() > 0, f"{n} has an all-zero gradient (step {step})"
+        opt.step()
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_state_dict_round_trip(name):
+    model = build(name)
+    x = data(model, 4)
+    torch.manual_seed(123)
+    other = CONFIGS[name]()
+    other.load_state_dict(model.state_dict())
+    other.eval()
+    torch.testing.assert_close(other.log_prob(x), model.log_prob(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["image-3x8x8", "vector-6"])
+def test_sample_shapes_and_temperature(name):
+    model = build(name, torch.float64)
+    model.train()
+    s = model.sample(7, temperature=0.7)
+    assert s.shape == (7, *model.event_shape) and torch.isfinite(s).all()
+    assert model.training, "sample() must restore the previous mode"
+    model.eval()
+    # temperature 0 decodes the prior's mode, the same every time
+    assert torch.equal(model.sample(2, 0.0)[0], model.sample(2, 0.0)[1])
+    g = torch.Generator().manual_seed(0)
+    for t in (0.5, 1.0):
+        z = model.encode(model.sample(200, temperature=t, generator=g))
+        assert abs(z.std().item() - t) < 0.05 * t
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(model.sample(3, generator=g1), model.sample(3, generator=g2))
+    if model.support:
+        s = model.sample(50, 1.0)
+        assert s.min() >= -0.06 and s.max() <= 1.06  # logit's range with alpha=0.05
+
+
+def test_paper_cifar_architecture():
+    model = RealNVP((3, 32, 32), num_scales=2, hidden_channels=64, num_blocks=8)
+    stages = model.bijector[1].stages
+    first, last = list(stages[0]), list(stages[1])
+    couplings = [m for m in first if isinstance(m, AffineCoupling)]
+    assert len(couplings) == 6
+    assert [type(c.mask).__name__ for c in couplings] == ["Checkerboard"] * 3 + ["Halves"] * 3
+    assert [c.mask.parity for c in couplings[:3]] == [0, 1, 0]
+    assert [c.mask.flip for c in couplings[3:]] == [False, True, False]
+    assert isinstance(first[6], Squeeze)
+    assert sum(isinstance(m, BatchNorm) for m in first) == 6
+    assert [c.net.in_conv.out_channels for c in couplings] == [64] * 3 + [128] * 3
+    assert len(couplings[0].net.blocks) == 8
+    last_couplings = [m for m in last if isinstance(m, AffineCoupling)]
+    assert len(last_couplings) == 4 and all(c.mask.in_features == 6 for c in last_couplings)
+    assert last_couplings[0].net.in_conv.out_channels == 128
+    assert model.bijector[1].latent_shapes == [(6, 16, 16), (6, 16, 16)]
+
+
+def test_regularized_parameters_are_scales_only():
+    model = RealNVP((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    reg = [names[id(p)] for p in model.regularized_parameters()]
+    assert reg and all(n.endswith(("weight_g", "rescale")) for n in reg)
+    assert sum(n.endswith("rescale") for n in reg) == 10
+    assert not any(n.endswith(("weight_v", "bias")) for n in reg)
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (torch.rand(4, 1, 8, 7), "shape"),
+        (torch.rand(0, 1, 8, 8), "empty"),
+        (torch.full((2, 1, 8, 8), float("nan")), "NaN"),
+        (torch.rand(2, 1, 8, 8) * 255, r"must lie in \[-0.05556, 1.056\]"),
+        (torch.randint(0, 2, (2, 1, 8, 8)), "floating"),
+        (torch.rand(2, 1, 8, 8, dtype=torch.float64), "dtype"),
+        ([[0.5]], "Tensor"),
+    ],
+)
+def test_bad_input_is_refused_clearly(x, message):
+    model = RealNVP((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1)
+    with pytest.raises(ValueError, match=message):
+        model.log_prob(x)
+
+
+def test_bad_configuration_is_refused():
+    with pytest.raises(ValueError, match="squeezed"):
+        RealNVP((1, 6, 6), num_scales=3)
+    with pytest.raises(ValueError, match="coupling"):
+        RealNVP((1, 8, 8), coupling="spline")
+    with pytest.raises(ValueError):
+        VectorRealNVP(1)
+    model = VectorRealNVP(2)
+    with pytest.raises(ValueError, match="latent"):
+        model.decode(torch.zeros(3, 5))
+    with pytest.raises(ValueError):
+        model.sample(0)
