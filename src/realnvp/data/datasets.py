@@ -1,0 +1,73 @@
+"""In-memory ``Dataset`` classes for array data, plus the shared flip augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+def coin_flip() -> bool:
+    """A fair coin from torch's global RNG.
+
+    Using the global generator means ``torch.manual_seed`` makes augmentation reproducible, and
+    DataLoader workers (which torch seeds from it) get distinct, reproducible streams.
+    """
+    return bool(torch.randint(2, (1,)).item())
+
+
+class ArrayImageDataset(Dataset):
+    """Images held in one uint8 tensor.
+
+    Args:
+        images: uint8 array of shape ``(N, C, H, W)``, values already checked to lie in
+            ``[0, K-1]``.
+        flip: apply a random horizontal flip (probability 1/2) to each item fetched.
+
+    Items are ``torch.uint8`` tensors of shape ``(C, H, W)``; ``self.data`` is the whole
+    ``(N, C, H, W)`` tensor (un-augmented) for code that wants to batch without a DataLoader.
+    """
+
+    def __init__(self, images: np.ndarray, flip: bool = False) -> None:
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise TypeError(
+                f"expected a uint8 (N, C, H, W) array, got {images.dtype} {images.shape}"
+            )
+        # torch needs a contiguous, writable array to share memory; copy only when necessary so
+        # large sets (ImageNet 64x64 is ~15 GB) are not held twice.
+        array = np.ascontiguousarray(images)
+        if not array.flags.writeable:
+            array = array.copy()
+        self.data = torch.from_numpy(array)
+        self.flip = bool(flip)
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        item = self.data[index]
+        if self.flip and coin_flip():
+            return item.flip(-1)
+        # Clone so callers that modify items in place cannot corrupt the data set.
+        return item.clone()
+
+
+class VectorDataset(Dataset):
+    """Vectors held in one float32 tensor.
+
+    Args:
+        vectors: array of shape ``(N, D)``, finite; converted to float32.
+
+    Items are ``torch.float32`` tensors of shape ``(D,)``; ``self.data`` is the ``(N, D)`` tensor.
+    """
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        if vectors.ndim != 2:
+            raise TypeError(f"expected an (N, D) array, got shape {vectors.shape}")
+        self.data = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32).copy())
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.data[index].clone()
