@@ -11,6 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..syncstats import batch_var_mean
 from .base import Bijector
 
 
@@ -48,7 +49,8 @@ class BatchNorm(Bijector):
     In training mode :meth:`inverse` uses the statistics of the last forward batch (so round trips
     are exact), or the running averages if there was none.
 
-    Defaults follow the authors' code: ``momentum=0.1``, ``eps=1e-4``.
+    Defaults follow the authors' code: ``momentum=0.1``, ``eps=1e-4``. Under ``torchrun`` the
+    batch statistics are those of the global batch (:mod:`realnvp.syncstats`).
     """
 
     def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-4, affine: bool = True):
@@ -65,12 +67,12 @@ class BatchNorm(Bijector):
     def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if not self.training:
             return self.running_mean.to(x.dtype), self.running_var.to(x.dtype)
-        if x.shape[0] * _positions(x) < 2:
+        var, mean, count = batch_var_mean(x, _reduce_dims(x))
+        if count < 2:
             raise ValueError(
                 "BatchNorm in training mode needs more than one value per channel "
                 f"(got input of shape {tuple(x.shape)}); use a larger batch or eval mode"
             )
-        var, mean = torch.var_mean(x, dim=_reduce_dims(x), correction=0)
         with torch.no_grad():
             self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
             self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)

@@ -97,6 +97,10 @@ class Flow(nn.Module):
         self._validate(x)
         return self.bijector(x)
 
+    def forward(self, x: Tensor) -> Tensor:
+        """Same as :meth:`log_prob` (so wrappers such as DistributedDataParallel can call it)."""
+        return self.log_prob(x)
+
     def log_prob(self, x: Tensor) -> Tensor:
         """``log p(x)`` in nats, shape ``(B,)``: prior log-density of the latent plus log-det."""
         z, log_det = self.forward_with_log_det(x)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .norm import BatchNorm2d
 from .weightnorm import WNConv2d
 
 
@@ -27,10 +28,10 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.BatchNorm2d(channels),
+            BatchNorm2d(channels),
             nn.ReLU(),
             WNConv2d(channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
+            BatchNorm2d(channels),
             nn.ReLU(),
             WNConv2d(channels, channels, 3, padding=1, bias=True),
         )
@@ -52,13 +53,13 @@ class ResNet(nn.Module):
         out_bias: bool = True,
     ):
         super().__init__()
-        self.in_norm = nn.BatchNorm2d(in_channels)
+        self.in_norm = BatchNorm2d(in_channels)
         self.in_conv = WNConv2d(2 * in_channels, hidden, 3, padding=1)
         self.in_skip = WNConv2d(hidden, hidden, 1)
         self.blocks = nn.ModuleList(ResidualBlock(hidden) for _ in range(num_blocks))
         self.skips = nn.ModuleList(WNConv2d(hidden, hidden, 1) for _ in range(num_blocks))
         self.out = nn.Sequential(
-            nn.BatchNorm2d(hidden),
+            BatchNorm2d(hidden),
             nn.ReLU(),
             WNConv2d(hidden, out_channels, 1, bias=out_bias, init_scale=out_scale),
         )

@@ -1,0 +1,143 @@
+"""Run configuration as plain data: one flat dataclass, JSON files in ``configs/``, CLI overrides.
+
+Precedence: the built-in defaults (the embedded ``digits`` recipe) < the data set's file in
+``configs/`` (chosen by ``--data`` when no ``--config`` is given) < ``--config FILE`` < explicit
+command-line options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and what was expected."""
+
+
+@dataclass
+class Config:
+    # data
+    data: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    image_size: int | None = None  # for the `folder` data set
+    # model (image): paper's multi-scale RealNVP
+    num_scales: int = 2
+    hidden_channels: int = 32
+    num_blocks: int = 2
+    coupling: str = "affine"
+    batch_norm: bool = True
+    logit_alpha: float = 0.05
+    # model (vector): alternating-half couplings with MLPs
+    num_couplings: int = 8
+    hidden: int = 128
+    num_layers: int = 2
+    # optimisation (paper / authors' code)
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    l2: float = 5e-5  # on weight-norm magnitudes and coupling rescales only
+    grad_clip: float = 100.0
+    warmup_steps: int = 0
+    ema_decay: float = 0.0  # 0 disables the moving average of weights
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the s/t networks)
+    # evaluation and output
+    eval_batch_size: int = 256
+    eval_dequant_samples: int = 4  # dequantization noise draws for the final evaluation
+    sample_every: int = 1  # epochs between sample grids (0: never)
+    num_samples: int = 64
+    sample_temperature: float = 0.7
+    # faults
+    max_bad_steps: int = 10  # consecutive non-finite steps before rolling back
+    # run
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    source: str = "built-in defaults"
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> Config:
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown configuration key(s): {', '.join(sorted(unknown))}")
+        return _coerce(dataclasses.replace(self, **changes))
+
+    @classmethod
+    def from_dict(cls, d: dict, base: Config | None = None) -> Config:
+        if not isinstance(d, dict):
+            raise ConfigError("a configuration must be a JSON object")
+        return (base or cls()).replace(**d)
+
+
+_CHOICES = {"coupling": ("affine", "additive"), "precision": ("fp32", "bf16"),
+            "device": ("auto", "cpu", "cuda", "mps")}
+_POSITIVE = ("num_scales", "hidden_channels", "num_blocks", "num_couplings", "hidden", "epochs",
+             "batch_size", "eval_batch_size", "eval_dequant_samples", "num_samples", "max_bad_steps")
+
+
+def _coerce(cfg: Config) -> Config:
+    """Check types and ranges; turn JSON lists back into tuples."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        default = getattr(Config, f.name, None) if f.default_factory is dataclasses.MISSING else []
+        if f.name == "betas":
+            if not (isinstance(value, list | tuple) and len(value) == 2):
+                raise ConfigError(f"betas must be two numbers, got {value!r}")
+            value = tuple(float(b) for b in value)
+            setattr(cfg, f.name, value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be true or false, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{f.name} must be an integer, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{f.name} must be a number, got {value!r}")
+            setattr(cfg, f.name, float(value))
+    for key, allowed in _CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
+    for key in _POSITIVE:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if not 0 <= cfg.ema_decay < 1:
+        raise ConfigError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    if not 0 <= cfg.logit_alpha < 0.5:
+        raise ConfigError(f"logit_alpha must be in [0, 0.5), got {cfg.logit_alpha}")
+    if cfg.lr <= 0:
+        raise ConfigError(f"lr must be > 0, got {cfg.lr}")
+    return cfg
+
+
+def config_file_for(data: str) -> Path | None:
+    """The file in ``configs/`` holding the recipe for data set ``data``, if there is one."""
+    stem = "toy" if data.startswith("toy:") else "lsun" if data.startswith("lsun-") else data
+    path = CONFIG_DIR / f"{stem}.json"
+    return path if path.is_file() else None
+
+
+def read_config_file(path: str | Path, base: Config | None = None) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        named = CONFIG_DIR / f"{path.name}.json"
+        if named.is_file():  # `--config cifar10` names a shipped recipe
+            path = named
+        else:
+            raise ConfigError(f"config file not found: {path}")
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from e
+    d.setdefault("source", str(path))
+    return Config.from_dict(d, base)

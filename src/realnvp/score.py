@@ -1,0 +1,96 @@
+"""Reading new inputs to score them: image files, ``.npy`` arrays and CSV rows.
+
+Images are converted to the run's channels (L or RGB) and must already have its size; 8-bit
+pixel values are mapped to the run's K levels (``round(v·(K−1)/255)``), so a digits model (K = 17)
+can score ordinary greyscale pictures. ``.npy`` image arrays must hold integers in ``[0, K−1]``;
+vector inputs (``.npy`` or CSV) are in the data's original units and are standardised with the
+run's training statistics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .data import DataError, DataInfo
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _image_file(path: Path, info: DataInfo) -> torch.Tensor:
+    c, h, w = info.shape
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if c == 1 else "RGB")
+            arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path}: not a readable image ({e})") from e
+    if arr.shape[:2] != (h, w):
+        raise DataError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, the model expects {w}x{h}")
+    arr = arr[None] if c == 1 else arr.transpose(2, 0, 1)
+    k = info.num_levels
+    levels = np.rint(arr.astype(np.float64) * (k - 1) / 255) if k != 256 else arr
+    return torch.from_numpy(np.ascontiguousarray(levels)).to(torch.uint8)[None]
+
+
+def _array(path: Path, info: DataInfo) -> np.ndarray:
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        return np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read numbers ({e})") from e
+
+
+def _vectors(arr: np.ndarray, path: Path, info: DataInfo) -> torch.Tensor:
+    arr = np.asarray(arr, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != info.dim:
+        raise DataError(f"{path}: expected rows of {info.dim} numbers, got shape {arr.shape}")
+    bad = np.argwhere(~np.isfinite(arr))
+    if len(bad):
+        r, col = bad[0]
+        raise DataError(f"{path}: row {r}, column {col} is not a finite number")
+    if info.mean is not None:
+        arr = (arr - np.asarray(info.mean)) / np.asarray(info.std)
+    return torch.from_numpy(arr).float()
+
+
+def _image_array(arr: np.ndarray, path: Path, info: DataInfo) -> torch.Tensor:
+    if arr.ndim == len(info.shape):
+        arr = arr[None]
+    if tuple(arr.shape[1:]) != tuple(info.shape):
+        raise DataError(f"{path}: expected images of shape {tuple(info.shape)}, got {arr.shape[1:]}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise DataError(f"{path}: pixel values must be integers in [0, {info.num_levels - 1}]")
+    lo, hi = arr.min(), arr.max()
+    if lo < 0 or hi > info.num_levels - 1:
+        raise DataError(f"{path}: pixel values must lie in [0, {info.num_levels - 1}], got [{lo}, {hi}]")
+    return torch.from_numpy(arr.astype(np.uint8))
+
+
+def read_inputs(paths: list[str], info: DataInfo) -> list[tuple[str, torch.Tensor]]:
+    """``[(source, batch)]`` for every input path; a :class:`DataError` names any bad file."""
+    out = []
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            raise DataError(f"input not found: {path}")
+        suffix = path.suffix.lower()
+        if info.kind == "image" and suffix in IMAGE_SUFFIXES:
+            out.append((name, _image_file(path, info)))
+        elif suffix in (".npy", ".csv", ".txt"):
+            arr = _array(path, info)
+            batch = _image_array(arr, path, info) if info.kind == "image" else _vectors(arr, path, info)
+            if batch.shape[0] == 0:
+                raise DataError(f"{path}: no rows")
+            out.append((name, batch))
+        else:
+            kinds = "image files, .npy" if info.kind == "image" else ".csv, .npy"
+            raise DataError(f"{path}: unsupported input type {suffix or '(none)'}; expected {kinds}")
+    return out

@@ -1,0 +1,120 @@
+"""Pictures with Pillow and numpy only: image grids, 2-D scatter plots and density maps."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, min_cell: int = 32) -> Image.Image:
+    """uint8 images ``(N, C, H, W)`` (C = 1 or 3) to one grid picture.
+
+    Small images are enlarged (nearest neighbour) so that each cell is at least ``min_cell``
+    pixels wide; ``nrow`` images per row (default: a square-ish grid).
+    """
+    if images.dim() != 4 or images.shape[1] not in (1, 3) or images.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 images (N, 1|3, H, W), got {images.dtype} {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    ncol = math.ceil(n / nrow)
+    zoom = max(1, math.ceil(min_cell / max(h, w)))
+    arr = images.cpu().numpy().repeat(zoom, axis=2).repeat(zoom, axis=3)
+    h, w = h * zoom, w * zoom
+    grid = np.full((c, ncol * (h + pad) + pad, nrow * (w + pad) + pad), 255, dtype=np.uint8)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        y0, x0 = pad + r * (h + pad), pad + q * (w + pad)
+        grid[:, y0:y0 + h, x0:x0 + w] = arr[i]
+    mode = "L" if c == 1 else "RGB"
+    return Image.fromarray(grid[0] if c == 1 else grid.transpose(1, 2, 0), mode=mode)
+
+
+def _bounds(points: np.ndarray, margin: float = 0.05) -> tuple[float, float, float, float]:
+    lo = np.percentile(points, 0.5, axis=0)
+    hi = np.percentile(points, 99.5, axis=0)
+    span = np.maximum(hi - lo, 1e-6)
+    lo, hi = lo - margin * span, hi + margin * span
+    return float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])
+
+
+def scatter_plot(points: torch.Tensor, size: int = 512, reference: torch.Tensor | None = None,
+                 bounds: tuple[float, float, float, float] | None = None) -> Image.Image:
+    """A scatter plot of 2-D points ``(N, 2)`` (first two columns used); ``reference`` points, if
+    given, are drawn in grey underneath."""
+    pts = points[:, :2].detach().cpu().double().numpy()
+    ref = None if reference is None else reference[:, :2].detach().cpu().double().numpy()
+    x0, x1, y0, y1 = bounds or _bounds(pts if ref is None else np.concatenate([pts, ref]))
+    img = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(img)
+
+    def to_px(p):
+        u = (p[:, 0] - x0) / (x1 - x0) * (size - 1)
+        v = (1 - (p[:, 1] - y0) / (y1 - y0)) * (size - 1)
+        return np.stack([u, v], axis=1)
+
+    for layer, colour in ((ref, (190, 190, 190)), (pts, (31, 90, 180))):
+        if layer is None:
+            continue
+        for u, v in to_px(layer[np.isfinite(layer).all(axis=1)]):
+            draw.ellipse((u - 1.2, v - 1.2, u + 1.2, v + 1.2), fill=colour)
+    return img
+
+
+@torch.no_grad()
+def density_map(model, bounds: tuple[float, float, float, float], size: int = 256) -> Image.Image:
+    """The model's density of 2-D data on a grid over ``bounds = (x0, x1, y0, y1)``, as a picture
+    (dark = high density)."""
+    x0, x1, y0, y1 = bounds
+    device = next(model.parameters()).device
+    xs = torch.linspace(x0, x1, size, device=device)
+    ys = torch.linspace(y1, y0, size, device=device)
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+    was_training = model.training
+    model.eval()
+    try:
+        p = torch.cat([model.log_prob(chunk).exp() for chunk in pts.split(8192)]).reshape(size, size)
+    finally:
+        model.train(was_training)
+    p = (p / p.max().clamp_min(1e-30)).cpu().numpy()
+    return Image.fromarray((255 * (1 - p) ** 2).astype(np.uint8), mode="L").convert("RGB")
+
+
+def side_by_side(*images: Image.Image, pad: int = 8) -> Image.Image:
+    h = max(im.height for im in images)
+    out = Image.new("RGB", (sum(im.width for im in images) + pad * (len(images) - 1), h), "white")
+    x = 0
+    for im in images:
+        out.paste(im.convert("RGB"), (x, 0))
+        x += im.width + pad
+    return out
+
+
+def save(image: Image.Image, path: str | Path) -> Path:
+    """Write a PNG atomically-enough for pictures (temp name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+
+
+def manifold_latents(z: torch.Tensor, steps: int = 8) -> torch.Tensor:
+    """The paper's Figure 6 manifold from four latents ``z = (z1, z2, z3, z4)``, shape (4, D):
+    ``cos φ (cos φ' z1 + sin φ' z2) + sin φ (cos φ' z3 + sin φ' z4)`` for φ, φ' on a
+    ``steps × steps`` grid over ``[0, π/2]``; returns ``(steps², D)``, row-major in φ."""
+    if z.shape[0] != 4:
+        raise ValueError(f"need exactly 4 latents, got {z.shape[0]}")
+    phis = torch.linspace(0, math.pi / 2, steps, dtype=z.dtype, device=z.device)
+    rows = []
+    for phi in phis:
+        for phi2 in phis:
+            a = torch.cos(phi2) * z[0] + torch.sin(phi2) * z[1]
+            b = torch.cos(phi2) * z[2] + torch.sin(phi2) * z[3]
+            rows.append(torch.cos(phi) * a + torch.sin(phi) * b)
+    return torch.stack(rows)
