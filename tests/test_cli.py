@@ -1,0 +1,164 @@
+"""The `realnvp` command end to end on tiny configurations of the embedded and toy data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from realnvp.cli import main
+
+TINY = ["--set", "hidden_channels=4", "--set", "num_blocks=1", "--set", "eval_dequant_samples=1",
+        "--set", "num_samples=16", "--quiet"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    assert main(["train", "--epochs", "2", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def read_metrics(path):
+    with open(path / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def test_train_writes_a_complete_run(digits_run):
+    for name in ("config.json", "data.json", "metrics.csv", "eval.json", "samples.png",
+                 "checkpoints/last.safetensors", "checkpoints/best.safetensors",
+                 "samples/epoch_0001.png", "samples/epoch_0002.png"):
+        assert (digits_run / name).is_file(), name
+    result = json.loads((digits_run / "eval.json").read_text())
+    assert result["num_examples"] == 300 and result["epochs"] == 2
+    assert 0 < result["bits_per_dim"] < 10 and result["bits_per_dim_stderr"] > 0
+    assert len(read_metrics(digits_run)) == 2
+    assert Image.open(digits_run / "samples.png").size[0] > 64
+
+
+def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path, digits_run):
+    out = tmp_path / "resumed"
+    assert main(["train", "--epochs", "1", "--out", str(out), *TINY]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--quiet"]) == 0
+    assert read_metrics(out) == read_metrics(digits_run)
+    a = json.loads((out / "eval.json").read_text())
+    b = json.loads((digits_run / "eval.json").read_text())
+    assert a["bits_per_dim"] == b["bits_per_dim"]
+
+
+def test_same_seed_same_numbers_and_other_seed_differs(tmp_path, digits_run):
+    other = tmp_path / "seed1"
+    assert main(["train", "--epochs", "2", "--seed", "1", "--out", str(other), *TINY]) == 0
+    assert read_metrics(other) != read_metrics(digits_run)
+
+
+def test_eval_sample_interpolate_score_info(tmp_path, capsys, digits_run):
+    code, out, _ = run(capsys, "eval", digits_run, "--dequant-samples", "2", "--quiet",
+                       "--json", tmp_path / "e.json")
+    assert code == 0 and "bits/dim over 300 examples" in out
+    assert json.loads((tmp_path / "e.json").read_text())["dequant_samples"] == 2
+
+    code, out, _ = run(capsys, "sample", digits_run, "-n", "9", "--temperature", "0.5",
+                       "-o", tmp_path / "grid.png")
+    assert code == 0 and Image.open(tmp_path / "grid.png").size[0] > 24
+    code, _, _ = run(capsys, "sample", digits_run, "-n", "5", "-o", tmp_path / "s.npy")
+    arr = np.load(tmp_path / "s.npy")
+    assert arr.shape == (5, 1, 8, 8) and arr.dtype == np.uint8
+
+    code, out, _ = run(capsys, "interpolate", digits_run, "--steps", "4", "-o", tmp_path / "m.png")
+    assert code == 0 and (tmp_path / "m.png").is_file()
+
+    pic = tmp_path / "digit.png"
+    Image.fromarray((np.arange(64).reshape(8, 8) * 4).astype(np.uint8)).save(pic)
+    np.save(tmp_path / "x.npy", np.zeros((3, 1, 8, 8), dtype=np.uint8))
+    code, out, _ = run(capsys, "score", digits_run, pic, tmp_path / "x.npy")
+    rows = list(csv.DictReader(out.splitlines()))
+    assert code == 0 and len(rows) == 4 and all(float(r["bits_per_dim"]) > 0 for r in rows)
+
+    code, out, _ = run(capsys, "info", digits_run)
+    assert code == 0 and "parameters" in out and "2 of 2" in out
+    code, out, _ = run(capsys, "info", digits_run, "--json")
+    assert json.loads(out)["epochs_completed"] == 2
+
+
+def test_toy_data_trains_and_plots(tmp_path, capsys):
+    out = tmp_path / "moons"
+    code, stdout, _ = run(capsys, "train", "--data", "toy:moons", "--epochs", "1", "--batch-size",
+                          "1024", "--out", out, "--set", "num_couplings=2", "--set", "hidden=16",
+                          "--set", "num_samples=200", "--quiet")
+    assert code == 0 and "nats" in stdout
+    assert (out / "samples.png").is_file()
+    code, _, _ = run(capsys, "sample", out, "-n", "100", "-o", tmp_path / "s.png")
+    assert code == 0
+    code, _, _ = run(capsys, "sample", out, "-n", "10", "-o", tmp_path / "s.csv")
+    assert np.loadtxt(tmp_path / "s.csv", delimiter=",").shape == (10, 2)
+    code, _, err = run(capsys, "interpolate", out, "-o", tmp_path / "m.png")
+    assert code == 2 and "image model" in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--data", "nosuchdata"], "unknown data set"),
+        (["train", "--set", "nosuchkey=1"], "unknown configuration key"),
+        (["train", "--epochs", "0"], "epochs must be >= 1"),
+        (["train", "--bogus-flag"], "unrecognized arguments"),
+        (["train", "--data", "mnist", "--data-dir", "/nonexistent/mnist"], "--download"),
+        (["train", "--config", "/nonexistent.json"], "config file not found"),
+        (["eval", "/nonexistent/run"], "run directory not found"),
+        (["frobnicate"], "invalid choice"),
+        ([], "choose a command"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+
+
+def test_run_errors(tmp_path, capsys, digits_run):
+    code, _, err = run(capsys, "eval", tmp_path)
+    assert code == 2 and "is not a realnvp run" in err
+    code, _, err = run(capsys, "train", "--out", digits_run, "--epochs", "1")
+    assert code == 2 and "already holds a run" in err
+    code, _, err = run(capsys, "sample", digits_run, "-o", tmp_path / "missing" / "x.png")
+    assert code == 2 and "does not exist" in err
+    code, _, err = run(capsys, "score", digits_run, tmp_path / "nothing.png")
+    assert code == 2 and "input not found" in err
+    big = tmp_path / "big.png"
+    Image.new("L", (28, 28)).save(big)
+    code, _, err = run(capsys, "score", digits_run, big)
+    assert code == 2 and "expects 8x8" in err
+
+    # a checkpoint from an incompatible model
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("data.json",):
+        (clone / name).write_text((digits_run / name).read_text())
+    cfg = json.loads((digits_run / "config.json").read_text())
+    cfg["hidden_channels"] = 8
+    (clone / "config.json").write_text(json.dumps(cfg))
+    (clone / "checkpoints").mkdir()
+    (clone / "checkpoints" / "last.safetensors").write_bytes(
+        (digits_run / "checkpoints" / "last.safetensors").read_bytes())
+    code, _, err = run(capsys, "eval", clone)
+    assert code == 2 and "does not fit the model" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "realnvp", "--version"], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0 and "realnvp" in proc.stdout
