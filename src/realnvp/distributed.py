@@ -72,6 +72,15 @@ def all_agree(flag: bool, dist: DistInfo) -> bool:
     return bool(t.item() > 0)
 
 
+def average(value: torch.Tensor, dist: DistInfo) -> float:
+    """The mean of a scalar over all ranks (for logging the global batch's loss)."""
+    if not dist.enabled:
+        return value.item()
+    t = value.detach().reshape(1).clone()
+    torch_dist.all_reduce(t)
+    return t.item() / dist.world_size
+
+
 def barrier(dist: DistInfo) -> None:
     if dist.enabled:
         torch_dist.barrier()

@@ -9,6 +9,7 @@ A run directory holds ``config.json`` (resolved configuration), ``data.json`` (t
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,16 +44,26 @@ def build_model(cfg: Config, info: DataInfo) -> Flow:
         raise ConfigError(f"cannot build the model for {info.name} {info.shape}: {e}") from e
 
 
-def model_input(x: Tensor, info: DataInfo, dtype=torch.float32) -> tuple[Tensor, Tensor | None]:
+def model_input(x: Tensor, info: DataInfo, dtype=torch.float32, shard: tuple[int, int] = (0, 1)
+                ) -> tuple[Tensor, Tensor | None]:
     """A data batch to the model's input space.
 
     Images (integers in ``[0, K−1]``) are dequantized to ``(x + u)/K`` with fresh noise; the
     returned log-det of that scaling is ``−D ln K``. Vectors pass through (log-det ``None``).
+
+    ``shard = (rank, world)``: this batch holds rows ``rank::world`` of a global batch (as the
+    distributed sampler deals them out); the noise is drawn for the whole global batch and the
+    same rows are kept, so every process count sees the same noise for the same example.
     """
-    if info.kind == "image":
-        y, log_det = Dequantize(info.num_levels)(x.to(dtype))
-        return y, log_det
-    return x.to(dtype), None
+    if info.kind != "image":
+        return x.to(dtype), None
+    rank, world = shard
+    x = x.to(dtype)
+    if world == 1:
+        return Dequantize(info.num_levels)(x)
+    noise = torch.rand((x.shape[0] * world, *x.shape[1:]), dtype=dtype, device=x.device)[rank::world]
+    k = info.num_levels
+    return (x + noise) / k, torch.full((x.shape[0],), -info.dim * math.log(k), device=x.device)
 
 
 def to_pixels(y: Tensor, info: DataInfo) -> Tensor:

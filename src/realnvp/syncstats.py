@@ -8,6 +8,8 @@ Outside distributed training this is plain ``torch.var_mean``.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -26,13 +28,17 @@ def batch_var_mean(x: Tensor, dims: list[int]) -> tuple[Tensor, Tensor, int]:
     if not _distributed():
         var, mean = torch.var_mean(x, dim=dims, correction=0)
         return var, mean, count
-    from torch.distributed.nn.functional import all_reduce
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still the public one
+        warnings.simplefilter("ignore", FutureWarning)
+        from torch.distributed.nn.functional import all_reduce
 
     mean = x.mean(dim=dims)
     mean_sq = x.pow(2).mean(dim=dims)
     total = torch.tensor([float(count)], device=x.device, dtype=x.dtype)
     dist.all_reduce(total)
-    packed = all_reduce(torch.cat([mean, mean_sq]) * count) / total
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        packed = all_reduce(torch.cat([mean, mean_sq]) * count) / total
     c = mean.shape[0]
     g_mean, g_sq = packed[:c], packed[c:]
     return (g_sq - g_mean.pow(2)).clamp_min(0), g_mean, int(total.item())

@@ -88,9 +88,9 @@ class State:
     skipped_steps: int = 0
 
 
-def _train_loss(model, x, info, cfg, device, reg_params) -> tuple[torch.Tensor, torch.Tensor]:
+def _train_loss(model, x, info, cfg, device, reg_params, shard=(0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss to minimise, mean train bits/dim) of a batch; the loss adds the paper's L2 term."""
-    y, _ = model_input(x, info)
+    y, _ = model_input(x, info, shard=shard)
     with autocast(device, cfg.precision):
         log_p = model(y) if isinstance(model, torch.nn.parallel.DistributedDataParallel) \
             else model.log_prob(y)
@@ -273,7 +273,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overrides: dic
             for group in optimizer.param_groups:
                 group["lr"] = lr
             buffers = [b.detach().clone() for b in model.buffers()]
-            loss, bpd = _train_loss(net, x.to(device), info, cfg, device, reg_params)
+            loss, bpd = _train_loss(net, x.to(device), info, cfg, device, reg_params,
+                                    shard=(dist.rank, dist.world_size))
             optimizer.zero_grad(set_to_none=True)
             finite = bool(torch.isfinite(loss))
             if finite:
@@ -304,7 +305,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overrides: dic
                 ema.update(model)
             state.step += 1
             bad_in_row = 0
-            total += bpd.item()
+            total += distributed.average(bpd, dist)
             count += 1
             bar.set_postfix(bpd=f"{bpd.item():.3f}")
         bar.close()

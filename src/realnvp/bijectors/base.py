@@ -42,7 +42,14 @@ class Bijector(nn.Module):
 
 
 class Sequential(Bijector):
-    """Composition of bijectors: applies them in order, sums the log-dets; inverts in reverse."""
+    """Composition of bijectors: applies them in order, sums the log-dets; inverts in reverse.
+
+    With ``memory_saving = True`` (see :mod:`realnvp.bijectors.invertible_backprop`) a forward
+    pass that records gradients keeps only the chain's output and recomputes every layer's input
+    from its output in the backward pass, instead of storing the activations.
+    """
+
+    memory_saving: bool = False
 
     def __init__(self, *layers: Bijector):
         super().__init__()
@@ -58,6 +65,10 @@ class Sequential(Bijector):
         return self.layers[i]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.memory_saving and torch.is_grad_enabled():
+            from .invertible_backprop import invertible_forward
+
+            return invertible_forward(self.layers, x)
         total = zero_log_det(x)
         for layer in self.layers:
             x, log_det = layer(x)

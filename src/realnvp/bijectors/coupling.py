@@ -29,17 +29,28 @@ class _Coupling(Bijector):
     def _scale_and_shift(self, h: Tensor, ndim: int) -> tuple[Tensor | None, Tensor]:
         raise NotImplementedError
 
+    def scale_and_shift(self, cond: Tensor, like: Tensor) -> tuple[Tensor | None, Tensor]:
+        """``(s, t)`` for the conditioning input ``cond``, restricted to the transformed entries
+        and in ``like``'s dtype (``s`` is ``None`` for an additive coupling).
+
+        The affine map itself runs in the data's precision even when the network ran in a lower
+        one under autocast: the network's output is cast back before the tanh, so exp(s), the
+        log-det and everything downstream stay in float32 and only the network's arithmetic is
+        cheap.
+        """
+        h = self.net(cond)
+        if h.dtype != like.dtype:
+            h = h.to(like.dtype)
+        s, t = self._scale_and_shift(h, like.dim())
+        return (None if s is None else self.mask.restrict(s)), self.mask.restrict(t)
+
     def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        s, t = self._scale_and_shift(self.net(self.mask.condition(x)), x.dim())
-        # The affine map itself runs in the data's precision even when the network ran in a
-        # lower one under autocast: only the network's arithmetic is allowed to be cheap.
-        t = self.mask.restrict(t.to(x.dtype))
+        s, t = self.scale_and_shift(self.mask.condition(x), x)
         a = self.mask.active(x)
         if s is None:
             a = a - t if inverse else a + t
             log_det = zero_log_det(x)
         else:
-            s = self.mask.restrict(s.to(x.dtype))
             a = (a - t) * torch.exp(-s) if inverse else a * torch.exp(s) + t
             log_det = sum_except_batch(s)
             if inverse:

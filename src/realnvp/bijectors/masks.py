@@ -57,7 +57,9 @@ class Checkerboard(Mask):
             raise ValueError(f"a checkerboard needs at least 2 pixels, got {height}x{width}")
         self.parity = parity
         self.in_features = self.out_features = channels
-        self.register_buffer("b", checkerboard(height, width, parity), persistent=False)
+        b = checkerboard(height, width, parity)
+        self.register_buffer("b", b, persistent=False)
+        self.register_buffer("not_b", 1 - b, persistent=False)
 
     def condition(self, x: Tensor) -> Tensor:
         return x * self.b.to(x.dtype)
@@ -66,7 +68,7 @@ class Checkerboard(Mask):
         return x
 
     def restrict(self, h: Tensor) -> Tensor:
-        return h * (1 - self.b.to(h.dtype))
+        return h * self.not_b.to(h.dtype)
 
     def merge(self, x: Tensor, active: Tensor) -> Tensor:
         return active

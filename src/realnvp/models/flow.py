@@ -12,7 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..bijectors import AffineCoupling, Bijector
+from ..bijectors import AffineCoupling, Bijector, Sequential
+from ..bijectors.invertible_backprop import supports
 from ..nets import weight_norm_magnitudes
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -141,6 +142,38 @@ class Flow(nn.Module):
             return self.rsample(n, temperature, generator)
         finally:
             self.train(was_training)
+
+    @property
+    def memory_saving(self) -> bool:
+        """Whether training uses memory-saving backpropagation (see :meth:`memory_saving_`)."""
+        return any(m.memory_saving for m in self.modules() if isinstance(m, Sequential))
+
+    def memory_saving_(self, enabled: bool = True) -> Flow:
+        """Switch memory-saving backpropagation on or off; returns the model.
+
+        When on, the chains of couplings (each scale of the image model, the whole vector model)
+        store no activations in the forward pass: the backward pass recomputes every layer's
+        input from its output through the exact inverse and back-propagates one layer at a time
+        (:mod:`realnvp.bijectors.invertible_backprop`). Gradients, log-likelihoods and batch-norm
+        running statistics are those of plain autograd (to round-off); peak training memory
+        drops to roughly one coupling's activations, for about one extra forward pass of the s/t
+        networks. Evaluation, sampling and ``torch.no_grad()`` code are unaffected.
+        """
+        found = 0
+
+        def mark(module: nn.Module) -> None:
+            nonlocal found
+            if isinstance(module, Sequential) and supports(module.layers):
+                module.memory_saving = bool(enabled)
+                found += 1
+                return
+            for child in module.children():
+                mark(child)
+
+        mark(self.bijector)
+        if enabled and not found:
+            raise ValueError("this model has no chain of layers that memory-saving backprop supports")
+        return self
 
     def regularized_parameters(self) -> list[nn.Parameter]:
         """The parameters the paper's L2 penalty covers: weight-norm magnitudes and the coupling

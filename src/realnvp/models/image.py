@@ -44,6 +44,9 @@ class RealNVP(Flow):
     The paper's CIFAR-10 model: ``RealNVP((3, 32, 32), num_scales=2, hidden_channels=64,
     num_blocks=8)``; its 32×32 ImageNet and 64×64 models use 4 blocks with 32 maps (64×64: 2
     blocks) and as many scales as it takes to reach 4×4.
+
+    ``memory_saving=True`` trains with memory-saving backpropagation through the exact inverse
+    (see :meth:`~realnvp.Flow.memory_saving_`); it is a training mode, not part of the model.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class RealNVP(Flow):
         logit_alpha: float | None = 0.05,
         bn_momentum: float = 0.1,
         validate_args: bool = True,
+        memory_saving: bool = False,
     ):
         c, h, w = in_shape
         if coupling not in COUPLINGS:
@@ -110,4 +114,6 @@ class RealNVP(Flow):
             num_blocks=num_blocks, coupling=coupling, batch_norm=batch_norm,
             logit_alpha=logit_alpha, bn_momentum=bn_momentum,
         )
+        if memory_saving:
+            self.memory_saving_(True)
 

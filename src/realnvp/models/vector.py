@@ -11,7 +11,8 @@ from .image import COUPLINGS
 class VectorRealNVP(Flow):
     """Couplings on alternating halves of the features, with MLP s/t networks and (optionally)
     a :class:`~realnvp.bijectors.BatchNorm` after each coupling. ``(B, D)`` data, ``(B, D)``
-    latent; no preprocessing (standardise tabular data first)."""
+    latent; no preprocessing (standardise tabular data first). ``memory_saving=True``: see
+    :meth:`~realnvp.Flow.memory_saving_`."""
 
     def __init__(
         self,
@@ -23,6 +24,7 @@ class VectorRealNVP(Flow):
         batch_norm: bool = True,
         bn_momentum: float = 0.1,
         validate_args: bool = True,
+        memory_saving: bool = False,
     ):
         if dim < 2:
             raise ValueError(f"a coupling flow needs at least 2 dimensions, got dim={dim}")
@@ -44,3 +46,5 @@ class VectorRealNVP(Flow):
             dim=dim, num_couplings=num_couplings, hidden=hidden, num_layers=num_layers,
             coupling=coupling, batch_norm=batch_norm, bn_momentum=bn_momentum,
         )
+        if memory_saving:
+            self.memory_saving_(True)
