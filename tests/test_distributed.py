@@ -43,8 +43,9 @@ def _step(model, x, forward):
 
 
 def _worker(rank, init_file, out_file, sync):
-    import realnvp.syncstats as syncstats
     from torch.nn.parallel import DistributedDataParallel
+
+    import realnvp.syncstats as syncstats
 
     if not sync:  # negative control: per-process statistics, as plain DDP would use
         syncstats._distributed = lambda: False

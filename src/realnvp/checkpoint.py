@@ -147,7 +147,7 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002 - the legacy global RNG is what users seed
     meta = {
         "numpy": [np_state[0], np_state[1].tolist(), *map(_plain, np_state[2:])],
         "python": _plain(random.getstate()),
@@ -165,7 +165,7 @@ def set_rng_state(tensors: dict, meta: dict) -> None:
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
     kind, keys, *rest = meta["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))  # noqa: NPY002
     version, internal, gauss = meta["python"]
     random.setstate((version, tuple(internal), gauss))
 

@@ -327,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="JSON configuration file, or the name of one in configs/")
     for flag, (key, typ) in TRAIN_FLAGS.items():
         t.add_argument(flag, dest=key, type=typ, default=None)
-    t.add_argument("--download", action="store_true", help="download missing data (cifar10, mnist, fashion-mnist)")
+    t.add_argument("--download", action="store_true",
+                   help="download missing data (cifar10, mnist, fashion-mnist)")
     t.add_argument("--out", help="run directory (default runs/DATA-TIME)")
     t.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN",
                    help="continue the run in RUN (or --out) from its last checkpoint")

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpoint, distributed
-from .bijectors import bits_per_dim
+from .bijectors import BatchNorm, bits_per_dim
 from .config import Config, ConfigError
 from .data import load_dataset
 from .evaluate import autocast, evaluate
@@ -54,7 +54,7 @@ def resolve_device(name: str) -> torch.device:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds the global RNG users and libraries draw from
     torch.manual_seed(seed)
 
 
@@ -63,7 +63,12 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 class EMA:
-    """Exponential moving average of the parameters (buffers are copied), for evaluation."""
+    """Exponential moving average of the parameters, for evaluation and sampling.
+
+    Batch-norm running statistics belong to the weights they were gathered with, so those of the
+    training model do not fit the averaged weights; :meth:`calibrate` re-estimates them for the
+    averaged model on training batches before it is evaluated.
+    """
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
@@ -75,8 +80,24 @@ class EMA:
     def update(self, model: torch.nn.Module) -> None:
         for avg, p in zip(self.model.parameters(), model.parameters(), strict=True):
             avg.lerp_(p.detach(), 1 - self.decay)
-        for avg, b in zip(self.model.buffers(), model.buffers(), strict=True):
-            avg.copy_(b)
+
+    @torch.no_grad()
+    def calibrate(self, batches) -> None:
+        """Running statistics of the averaged model = plain averages over ``batches`` (model
+        inputs), as with momentum ``1/(i+1)`` on the i-th batch."""
+        norms = [m for m in self.model.modules()
+                 if isinstance(m, BatchNorm | torch.nn.modules.batchnorm._BatchNorm)]
+        saved = [m.momentum for m in norms]
+        self.model.train()
+        try:
+            for i, y in enumerate(batches):
+                for m in norms:
+                    m.momentum = 1.0 / (i + 1)
+                self.model.log_prob(y)
+        finally:
+            for m, mom in zip(norms, saved, strict=True):
+                m.momentum = mom
+            self.model.eval()
 
 
 @dataclass
@@ -86,6 +107,14 @@ class State:
     best_bpd: float = math.inf
     lr_scale: float = 1.0  # halved at every rollback
     skipped_steps: int = 0
+
+
+def calibration_batches(dataset, info, cfg, device, num_batches: int = 8):
+    """Model inputs from the first training examples (fixed, so calibration is reproducible)."""
+    n = min(len(dataset), cfg.batch_size * num_batches)
+    for start in range(0, n - cfg.batch_size + 1, cfg.batch_size):
+        x = torch.stack([dataset[i] for i in range(start, start + cfg.batch_size)])
+        yield model_input(x.to(device), info)[0]
 
 
 def _train_loss(model, x, info, cfg, device, reg_params, shard=(0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,13 +223,15 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overrides: dict) -
         allowed = {"epochs", "device", "num_workers", "eval_batch_size"}
         ignored = sorted(set(overrides) - allowed - {"seed"})
         if ignored:
-            raise ConfigError(f"--resume continues the saved configuration; cannot change {', '.join(ignored)}")
+            raise ConfigError("--resume continues the saved configuration; cannot change "
+                              + ", ".join(ignored))
         if "seed" in overrides and overrides["seed"] != saved.seed:
             raise ConfigError("--resume cannot change --seed (the run's numbers depend on it)")
         return saved.replace(**{k: v for k, v in overrides.items() if k in allowed}), True
     if run_dir.exists() and any(run_dir.iterdir()):
         if (run_dir / "config.json").exists():
-            raise RunError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --out")
+            raise RunError(f"{run_dir} already holds a run: add --resume to continue it, "
+                           "or choose another --out")
         raise RunError(f"{run_dir} exists and is not empty; choose another --out")
     return cfg, False
 
@@ -310,6 +341,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overrides: dic
             bar.set_postfix(bpd=f"{bpd.item():.3f}")
         bar.close()
 
+        if ema is not None:
+            ema.calibrate(calibration_batches(train_set, info, cfg, device))
         eval_model = ema.model if ema is not None else model
         test = evaluate(eval_model, test_set, info, cfg.eval_batch_size, 1, cfg.precision) if main else {}
         state.epoch = epoch

@@ -10,7 +10,8 @@ import torch
 from PIL import Image, ImageDraw
 
 
-def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, min_cell: int = 32) -> Image.Image:
+def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2,
+               min_cell: int = 32) -> Image.Image:
     """uint8 images ``(N, C, H, W)`` (C = 1 or 3) to one grid picture.
 
     Small images are enlarged (nearest neighbour) so that each cell is at least ``min_cell``
