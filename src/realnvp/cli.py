@@ -122,6 +122,8 @@ def _print_eval(result: dict, prefix: str) -> None:
     if result.get("dequant_samples"):
         line += f" ({result['dequant_samples']} dequantization draws)"
     print(line)
+    if result.get("histogram_baseline_bpd") is not None:
+        print(f"  (per-pixel histogram baseline: {result['histogram_baseline_bpd']:.4f} bits/dim)")
 
 
 # --- eval / sample / interpolate / score / info ---------------------------------------------------

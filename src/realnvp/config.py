@@ -38,7 +38,7 @@ class Config:
     hidden: int = 128
     num_layers: int = 2
     # optimisation (paper / authors' code)
-    epochs: int = 60
+    epochs: int = 15
     batch_size: int = 64
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)

@@ -31,7 +31,7 @@ from . import checkpoint, distributed
 from .bijectors import BatchNorm, bits_per_dim
 from .config import Config, ConfigError
 from .data import load_dataset
-from .evaluate import autocast, evaluate
+from .evaluate import autocast, evaluate, histogram_baseline
 from .runs import RunError, build_model, load_state, model_input, read_run_files, to_pixels
 from .viz import density_map, image_grid, save, scatter_plot, side_by_side
 
@@ -369,6 +369,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overrides: dic
         seed_everything(epoch_seed(cfg.seed, 0))
         result = evaluate(eval_model, test_set, info, cfg.eval_batch_size, cfg.eval_dequant_samples,
                           cfg.precision, progress=not quiet)
+        baseline = histogram_baseline(train_set, test_set, info)
+        if baseline is not None:
+            result["histogram_baseline_bpd"] = baseline
         result.update({"split": "test", "epochs": state.epoch, "steps": state.step,
                        "best_test_bpd_during_training": state.best_bpd, "weights": "ema" if ema else "last"})
         (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
