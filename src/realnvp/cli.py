@@ -389,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DataError
     from .runs import RunError
+    from .train import TrainingError
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -402,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}" if not str(e).startswith("realnvp") else f"{e}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -128,6 +128,34 @@ def _train_loss(model, x, info, cfg, device, reg_params, shard=(0, 1)) -> tuple[
     return bpd + cfg.l2 * l2, bpd.detach()
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss is not finite from the very start)."""
+
+
+def _gradient_step(net, model, optimizer, x, info, cfg, device, reg_params, dist
+                   ) -> tuple[bool, torch.Tensor]:
+    """Forward, backward and gradient clipping for one batch; returns (all finite?, batch bpd).
+
+    When the loss or the gradient is not finite (on any process) the gradients are dropped and
+    the batch-norm running statistics this batch moved are put back, so the step leaves no trace.
+    """
+    buffers = [b.detach().clone() for b in model.buffers()]
+    loss, bpd = _train_loss(net, x, info, cfg, device, reg_params, shard=(dist.rank, dist.world_size))
+    optimizer.zero_grad(set_to_none=True)
+    finite = bool(torch.isfinite(loss))
+    if finite:
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        finite = bool(torch.isfinite(grad_norm))
+    finite = distributed.all_agree(finite, dist)
+    if not finite:
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), buffers, strict=True):
+                b.copy_(saved)
+        optimizer.zero_grad(set_to_none=True)
+    return finite, bpd
+
+
 class Metrics:
     """``metrics.csv`` (one row per epoch), mirrored to TensorBoard when it is installed."""
 
@@ -303,31 +331,19 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overrides: dic
             lr = cfg.lr * state.lr_scale * min(1.0, (state.step + 1) / max(cfg.warmup_steps, 1))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            buffers = [b.detach().clone() for b in model.buffers()]
-            loss, bpd = _train_loss(net, x.to(device), info, cfg, device, reg_params,
-                                    shard=(dist.rank, dist.world_size))
-            optimizer.zero_grad(set_to_none=True)
-            finite = bool(torch.isfinite(loss))
-            if finite:
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                finite = bool(torch.isfinite(grad_norm))
-            finite = distributed.all_agree(finite, dist)
+            finite, bpd = _gradient_step(net, model, optimizer, x.to(device), info, cfg, device,
+                                         reg_params, dist)
             if not finite:
-                with torch.no_grad():  # undo the batch-norm statistics this batch moved
-                    for b, saved in zip(model.buffers(), buffers, strict=True):
-                        b.copy_(saved)
-                optimizer.zero_grad(set_to_none=True)
                 state.skipped_steps += 1
                 bad_in_row += 1
                 say(f"warning: non-finite loss or gradient at step {state.step}; step skipped")
                 if bad_in_row >= cfg.max_bad_steps:
                     if not (ckpt_dir / "last.safetensors").exists():
-                        raise RuntimeError(f"{bad_in_row} non-finite steps in a row before any checkpoint; "
-                                           "lower --lr or check the data")
-                    lr_scale = state.lr_scale / 2
+                        raise TrainingError(f"{bad_in_row} non-finite steps in a row before the first "
+                                            "checkpoint; lower --lr or check the data")
+                    lr_scale, skipped = state.lr_scale / 2, state.skipped_steps
                     state = _restore(ckpt_dir / "last.safetensors", model, optimizer, ema, say)
-                    state.lr_scale = lr_scale
+                    state.lr_scale, state.skipped_steps = lr_scale, skipped
                     bad_in_row = 0
                     say(f"rolled back to epoch {state.epoch}; learning rate now {cfg.lr * lr_scale:.3g}")
                 continue
