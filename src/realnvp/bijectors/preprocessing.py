@@ -41,13 +41,31 @@ class Dequantize(Bijector):
     Forward adds fresh uniform noise from the global torch RNG and returns the log-det of the
     scaling, ``−D·ln K``, so that ``model.log_prob(y) + log_det`` is a (noisy) lower bound on
     ``log P(x)`` in nats. The inverse ``x = floor(K·y)`` recovers the integers exactly.
+
+    With ``validate_args`` (the default) the input must hold integers in ``[0, K−1]``: anything
+    else (out-of-range levels, data that is already dequantized, NaN) is a ``ValueError`` rather
+    than a silently wrong likelihood. ``y`` stays below 1 even where ``K−1+u`` rounds up to ``K``.
     """
 
-    def __init__(self, num_levels: int = 256):
+    def __init__(self, num_levels: int = 256, validate_args: bool = True):
         super().__init__()
         if num_levels < 2:
             raise ValueError(f"num_levels must be >= 2, got {num_levels}")
         self.num_levels = num_levels
+        self.validate_args = validate_args
+
+    def _check(self, x: Tensor) -> None:
+        k = self.num_levels
+        if not bool(((x < 0) | (x > k - 1) | (x != torch.floor(x)) | x.isnan()).any()):
+            return  # the common case costs one reduction (and one device sync)
+        expected = f"Dequantize expects integer levels in [0, {k - 1}]"
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{expected}, got NaN or infinite values")
+        if bool((x != torch.floor(x)).any()):
+            raise ValueError(f"{expected}, got non-integer values (is the data already dequantized?)")
+        lo, hi = x.min().item(), x.max().item()
+        if lo < 0 or hi > k - 1:
+            raise ValueError(f"{expected}, got values in [{lo:g}, {hi:g}]")
 
     def _log_det(self, x: Tensor) -> Tensor:
         d = x[0].numel()
@@ -56,8 +74,11 @@ class Dequantize(Bijector):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = x if x.is_floating_point() else x.float()
+        if self.validate_args and x.numel():
+            self._check(x)
         y = (x + torch.rand_like(x)) / self.num_levels
-        return y, self._log_det(x)
+        below_one = 1 - torch.finfo(y.dtype).eps / 2  # the largest number below 1
+        return y.clamp_(max=below_one), self._log_det(x)
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
         x = torch.floor(y * self.num_levels).clamp_(0, self.num_levels - 1)
@@ -81,6 +102,11 @@ class Logit(Bijector):
 
     def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
         p = self.alpha + (1 - 2 * self.alpha) * y
+        # At the very ends of the domain (p = 0 or 1: y = 0 or 1 with alpha = 0, or the edges of
+        # the sampling margin) the logit is infinite and inf − inf would make log p(y) NaN; keep
+        # p inside (0, 1) so that such inputs get a finite (very low) log-density instead.
+        finfo = torch.finfo(p.dtype)
+        p = p.clamp(finfo.tiny, 1 - finfo.eps / 2)
         log_p, log_1mp = torch.log(p), torch.log1p(-p)
         return log_p - log_1mp, self._log_det(log_p, log_1mp)
 

@@ -114,8 +114,12 @@ class Flow(nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """Latent ``(B, D)`` to data ``(B, *event_shape)``."""
+        if not isinstance(z, Tensor):
+            raise ValueError(f"expected a torch.Tensor latent, got {type(z).__name__}")
         if z.dim() != 2 or z.shape[1] != self.num_dims:
             raise ValueError(f"expected a latent of shape (B, {self.num_dims}), got {tuple(z.shape)}")
+        if self.validate_args and not bool(torch.isfinite(z).all()):
+            raise ValueError("latent contains NaN or infinite values")
         return self.bijector.inverse(z)[0]
 
     def rsample(self, n: int, temperature: float = 1.0, generator=None) -> Tensor:
@@ -125,8 +129,8 @@ class Flow(nn.Module):
         """
         if n < 1:
             raise ValueError(f"number of samples must be >= 1, got {n}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not 0 <= temperature < math.inf:
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         device, dtype = self._reference()
         z = torch.randn(n, self.num_dims, device=device, dtype=dtype, generator=generator)
         return self.decode(z * temperature)
