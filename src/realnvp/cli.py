@@ -65,7 +65,7 @@ TRAIN_FLAGS = {  # option -> (config key, type)
     "--batch-size": ("batch_size", int), "--lr": ("lr", float), "--device": ("device", str),
     "--seed": ("seed", int), "--precision": ("precision", str), "--ema-decay": ("ema_decay", float),
     "--warmup-steps": ("warmup_steps", int), "--image-size": ("image_size", int),
-    "--num-workers": ("num_workers", int),
+    "--num-workers": ("num_workers", int), "--threads": ("threads", int),
 }
 
 

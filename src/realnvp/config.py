@@ -60,6 +60,7 @@ class Config:
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
+    threads: int = 0  # intra-op CPU threads (0: PyTorch's default); 1 is steadier on a busy machine
     source: str = "built-in defaults"
     notes: list[str] = field(default_factory=list)
 
@@ -115,6 +116,8 @@ def _coerce(cfg: Config) -> Config:
         raise ConfigError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if not 0 <= cfg.logit_alpha < 0.5:
         raise ConfigError(f"logit_alpha must be in [0, 0.5), got {cfg.logit_alpha}")
+    if cfg.threads < 0:
+        raise ConfigError(f"threads must be >= 0, got {cfg.threads}")
     if cfg.lr <= 0:
         raise ConfigError(f"lr must be > 0, got {cfg.lr}")
     return cfg

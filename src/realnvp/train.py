@@ -248,7 +248,7 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overrides: dict) -
     """Validate (and for a new run, create) the run directory; returns the config to use."""
     if resume:
         _, saved, _ = read_run_files(run_dir)
-        allowed = {"epochs", "device", "num_workers", "eval_batch_size"}
+        allowed = {"epochs", "device", "num_workers", "eval_batch_size", "threads"}
         ignored = sorted(set(overrides) - allowed - {"seed"})
         if ignored:
             raise ConfigError("--resume continues the saved configuration; cannot change "
@@ -276,6 +276,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overrides: dic
     main = dist.rank == 0
     say = log if main else (lambda *a, **k: None)
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     extra = {"image_size": cfg.image_size} if cfg.image_size else {}
     train_set, info = load_dataset(cfg.data, "train", cfg.data_dir, download=cfg.download and main,
