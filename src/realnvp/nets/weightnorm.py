@@ -6,6 +6,7 @@ the paper's L2 penalty acts on; their name, ``weight_g``, is how models find the
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -28,14 +29,26 @@ class _WeightNormMixin:
 
 
 class WNConv2d(_WeightNormMixin, nn.Conv2d):
-    """``nn.Conv2d`` with weight normalisation; ``init_scale`` multiplies the initial weight."""
+    """``nn.Conv2d`` with weight normalisation; ``init_scale`` multiplies the initial weight.
+
+    The normalised weight is handed to the convolution in the channels-last memory format, which
+    makes the convolution (and so every activation after it) run channels-last: measured faster
+    on CPUs with oneDNN (no reorder of every activation in and out of a blocked layout), in float32
+    and bfloat16 alike (see BENCHMARKS.md). The parameters themselves keep the default layout.
+    Set the class attribute ``channels_last = False`` to turn this off.
+    """
+
+    channels_last: bool = True
 
     def __init__(self, *args, init_scale: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self._init_weight_norm(init_scale)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.normalized_weight(), self.bias)
+        w = self.normalized_weight()
+        if self.channels_last and w.dim() == 4:
+            w = w.contiguous(memory_format=torch.channels_last)
+        return self._conv_forward(x, w, self.bias)
 
 
 class WNLinear(_WeightNormMixin, nn.Linear):

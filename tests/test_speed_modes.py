@@ -1,0 +1,319 @@
+"""Speed and memory modes: memory-saving backprop through the exact inverse, and bf16 autocast.
+
+No wall-clock assertions: memory is measured by a deterministic proxy (the bytes autograd keeps
+for the backward pass, through ``torch.autograd.graph.saved_tensors_hooks``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from helpers import perturb
+from realnvp import RealNVP, VectorRealNVP, precision
+from realnvp.bijectors import (
+    ActNorm,
+    AffineCoupling,
+    BatchNorm,
+    Checkerboard,
+    Halves,
+    Invertible1x1Conv,
+    Logit,
+    MultiScale,
+    Sequential,
+    Squeeze,
+)
+from realnvp.bijectors.invertible_backprop import invertible_forward, supports
+from realnvp.nets import ResNet
+
+MODELS = {
+    "image-3x8x8": lambda: RealNVP((3, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1),
+    "image-1x8x8-3scales-additive": lambda: RealNVP(
+        (1, 8, 8), num_scales=3, hidden_channels=4, num_blocks=1, coupling="additive"),
+    "image-no-bn": lambda: RealNVP((2, 4, 4), num_scales=2, hidden_channels=4, num_blocks=1,
+                                   batch_norm=False),
+    "vector-6": lambda: VectorRealNVP(6, num_couplings=4, hidden=16),
+    "vector-5-additive": lambda: VectorRealNVP(5, num_couplings=3, hidden=8, coupling="additive"),
+}
+
+
+def _data(model, batch, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    shape = (batch, *model.event_shape)
+    if model.support:
+        return (0.01 + 0.98 * torch.rand(shape, generator=g)).to(dtype)
+    return torch.randn(shape, generator=g).to(dtype)
+
+
+def _pair(name, dtype=torch.float64):
+    torch.manual_seed(0)
+    plain = perturb(MODELS[name](), 0.1).to(dtype)
+    saving = copy.deepcopy(plain).memory_saving_(True)
+    assert saving.memory_saving and not plain.memory_saving
+    return plain, saving
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_memory_saving_gradients_equal_plain_autograd(name):
+    """Float64: every parameter's gradient, the input's gradient, the log-likelihood and the
+    batch-norm running statistics after the step are those of plain autograd."""
+    plain, saving = _pair(name)
+    plain.train(), saving.train()
+    x = _data(plain, 8, torch.float64)
+    results = []
+    for model in (plain, saving):
+        xi = x.clone().requires_grad_(True)
+        log_p = model.log_prob(xi)
+        # a loss that weights examples differently, so per-example log-dets matter
+        (-(log_p * torch.linspace(0.5, 1.5, len(x), dtype=x.dtype)).mean()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        results.append((log_p.detach(), xi.grad.clone(), grads, _state(model)))
+    (lp_a, gx_a, g_a, s_a), (lp_b, gx_b, g_b, s_b) = results
+    torch.testing.assert_close(lp_b, lp_a, rtol=0, atol=1e-10)
+    torch.testing.assert_close(gx_b, gx_a, rtol=1e-7, atol=1e-9)
+    assert g_a.keys() == g_b.keys()
+    for n in g_a:
+        torch.testing.assert_close(g_b[n], g_a[n], rtol=1e-7, atol=1e-9, msg=n)
+    for k in s_a:  # running statistics updated exactly once, to the same values
+        torch.testing.assert_close(s_b[k], s_a[k], rtol=0, atol=1e-12, msg=k)
+
+
+@pytest.mark.parametrize("name", ["image-3x8x8", "vector-6"])
+def test_memory_saving_float32_training_matches(name):
+    """A few SGD steps in float32 with each mode end at the same parameters (SGD, not Adam: Adam
+    turns the round-off in a gradient that is zero in exact arithmetic into a full-size step)."""
+    plain, saving = _pair(name, torch.float32)
+    x = _data(plain, 32, torch.float32)
+    for model in (plain, saving):
+        opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+        for _ in range(3):
+            opt.zero_grad()
+            (-model.log_prob(x).mean()).backward()
+            opt.step()
+    for (n, a), b in zip(plain.state_dict().items(), saving.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_memory_saving_eval_mode_and_no_grad_are_unchanged():
+    plain, saving = _pair("image-3x8x8")
+    x = _data(plain, 8, torch.float64)
+    plain.eval(), saving.eval()
+    xi, xj = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    torch.autograd.grad(plain.log_prob(xi).sum(), xi)
+    (g_x,) = torch.autograd.grad(saving.log_prob(xj).sum(), xj)
+    (g_ref,) = torch.autograd.grad(plain.log_prob(xi).sum(), xi)
+    torch.testing.assert_close(g_x, g_ref, rtol=1e-7, atol=1e-9)
+    with torch.no_grad():
+        torch.testing.assert_close(saving.log_prob(x), plain.log_prob(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(saving.sample(3, generator=torch.Generator().manual_seed(0)),
+                               plain.sample(3, generator=torch.Generator().manual_seed(0)))
+
+
+def test_memory_saving_two_forwards_before_one_backward():
+    """Gradient accumulation over two batches before a single backward: each chain inverts with
+    the batch statistics of its own forward pass, not the last batch's."""
+    plain, saving = _pair("image-3x8x8")
+    x1, x2 = _data(plain, 8, torch.float64, seed=1), _data(plain, 8, torch.float64, seed=2)
+    grads = []
+    for model in (plain, saving):
+        loss = -(model.log_prob(x1).mean() + 2 * model.log_prob(x2).mean())
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-9)
+
+
+def test_memory_saving_can_be_switched_off_and_rejects_unknown_layers():
+    model = RealNVP((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1, memory_saving=True)
+    assert model.memory_saving
+    assert not model.memory_saving_(False).memory_saving
+    assert supports([Logit(), BatchNorm(2), Squeeze(), ActNorm(2), Invertible1x1Conv(2)])
+    stage = Sequential(Squeeze())
+    assert not supports([MultiScale([stage], (1, 4, 4))])
+    with pytest.raises(TypeError, match="MultiScale"):
+        invertible_forward([MultiScale([stage], (1, 4, 4))], torch.rand(2, 1, 4, 4))
+
+
+def test_generic_layers_in_a_memory_saving_chain():
+    """ActNorm, the 1x1 convolution and the logit are recomputed through their inverses too."""
+    torch.manual_seed(0)
+    c = 4
+    layers = [Logit(), ActNorm(c), Invertible1x1Conv(c),
+              AffineCoupling(Checkerboard(c, 4, 4, 0), ResNet(c, 2 * c, hidden=4, num_blocks=1)),
+              BatchNorm(c), Squeeze(),
+              AffineCoupling(Halves(4 * c), ResNet(2 * c, 4 * c, hidden=4, num_blocks=1)), BatchNorm(4 * c)]
+    plain = perturb(Sequential(*layers), 0.1).double()
+    x = 0.05 + 0.9 * torch.rand(8, c, 4, 4, dtype=torch.float64)
+    plain(x)  # ActNorm's data-dependent initialisation
+    saving = copy.deepcopy(plain)
+    saving.memory_saving = True
+    outs = []
+    for model in (plain, saving):
+        xi = x.clone().requires_grad_(True)
+        y, log_det = model(xi)
+        ((y ** 2).sum() - log_det.sum()).backward()
+        outs.append((y.detach(), xi.grad, [p.grad for p in model.parameters()], _state(model)))
+    (y_a, gx_a, g_a, s_a), (y_b, gx_b, g_b, s_b) = outs
+    torch.testing.assert_close(y_b, y_a, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gx_b, gx_a, rtol=1e-7, atol=1e-9)
+    for a, b in zip(g_a, g_b, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-9)
+    for k in s_a:
+        torch.testing.assert_close(s_b[k], s_a[k], rtol=0, atol=1e-12, msg=k)
+
+
+class SavedBytes:
+    """Peak bytes of tensors that autograd holds for the backward pass, over a forward and a
+    backward pass (storages counted once however many graph nodes save them). A deterministic
+    stand-in for activation memory."""
+
+    def __init__(self):
+        self.live: dict[int, list] = {}
+        self.current = self.peak = 0
+
+    def _pack(self, t):
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        entry = self.live.get(key)
+        if entry is None:
+            entry = self.live[key] = [0, storage.nbytes()]
+            self.current += entry[1]
+            self.peak = max(self.peak, self.current)
+        entry[0] += 1
+        return _Handle(self, key, t)
+
+    def _release(self, key):
+        entry = self.live[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.current -= entry[1]
+            del self.live[key]
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda h: h.tensor)
+
+
+class _Handle:
+    def __init__(self, owner, key, tensor):
+        self.owner, self.key, self.tensor = owner, key, tensor
+
+    def __del__(self):
+        self.owner._release(self.key)
+
+
+def _saved_peak(model, x):
+    counter = SavedBytes()
+    with counter.hooks():
+        model.zero_grad()
+        (-model.log_prob(x).mean()).backward()
+    return counter.peak
+
+
+def test_memory_saving_keeps_far_fewer_activations():
+    """A paper-shaped model (2 scales, checkerboard and channel-wise couplings, batch norms):
+    the peak of what autograd holds drops below half of plain autograd's, by the saved-tensor
+    proxy (the backward pass's own recomputation included)."""
+    torch.manual_seed(0)
+    plain = RealNVP((3, 16, 16), num_scales=2, hidden_channels=8, num_blocks=2)
+    saving = copy.deepcopy(plain).memory_saving_(True)
+    x = _data(plain, 8, torch.float32)
+    peak_plain, peak_saving = _saved_peak(plain, x), _saved_peak(saving, x)
+    assert peak_saving < 0.5 * peak_plain, (peak_saving, peak_plain)
+
+
+# --- bf16 ------------------------------------------------------------------------------------
+
+
+def test_precision_autocast_contexts():
+    assert precision.PRECISIONS == ("fp32", "bf16")
+    with precision.autocast("cpu", "fp32"):
+        assert not torch.is_autocast_enabled("cpu")
+    with precision.autocast(torch.device("cpu"), "bf16"):
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        precision.autocast("cpu", "fp8")
+    assert isinstance(precision.bf16_supported("cpu"), bool)
+
+
+@pytest.mark.parametrize("name", ["image-3x8x8", "vector-6"])
+def test_bf16_keeps_flow_arithmetic_in_float32(name):
+    """Under bf16 autocast the s/t networks run in bf16, but the latent, the log-dets and
+    log-likelihood are float32 and close to the float32 model's; training steps run and give
+    finite float32 gradients."""
+    torch.manual_seed(0)
+    model = perturb(MODELS[name](), 0.05)
+    x = _data(model, 16, torch.float32)
+    net_dtypes = []
+    nets = [m for m in model.modules() if isinstance(m, AffineCoupling)]
+    hooks = [c.net.register_forward_hook(lambda m, i, o: net_dtypes.append(o.dtype)) for c in nets]
+    model.eval()
+    with torch.no_grad():
+        ref = model.log_prob(x)
+        with precision.autocast("cpu", "bf16"):
+            z, log_det = model.forward_with_log_det(x)
+            log_p = model.log_prob(x)
+    for h in hooks:
+        h.remove()
+    assert torch.bfloat16 in net_dtypes, "the s/t networks did not run in bf16"
+    assert z.dtype == torch.float32 and log_det.dtype == torch.float32 and log_p.dtype == torch.float32
+    # bf16 has 8 bits of mantissa: per-dimension log-likelihoods agree to ~1e-2 nats
+    assert ((log_p - ref).abs() / model.num_dims).max() < 2e-2
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        opt.zero_grad()
+        with precision.autocast("cpu", "bf16"):
+            loss = -model.log_prob(x).mean()
+        assert loss.dtype == torch.float32
+        loss.backward()
+        for n, p in model.named_parameters():
+            assert p.grad is not None and p.grad.dtype == torch.float32, n
+            assert torch.isfinite(p.grad).all(), n
+        opt.step()
+    with precision.autocast("cpu", "bf16"):
+        s = model.sample(4)
+    assert s.dtype == torch.float32 and torch.isfinite(s).all()
+
+
+def test_bf16_with_memory_saving():
+    """The backward pass of memory-saving mode re-enters the forward pass's autocast state, so
+    its gradients are those of plain bf16 autograd (to bf16 round-off)."""
+    torch.manual_seed(0)
+    plain = perturb(MODELS["image-3x8x8"](), 0.05)
+    saving = copy.deepcopy(plain).memory_saving_(True)
+    x = _data(plain, 16, torch.float32)
+    grads = []
+    for model in (plain, saving):
+        with precision.autocast("cpu", "bf16"):
+            loss = -model.log_prob(x).mean()
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    rel = (grads[1] - grads[0]).norm() / grads[0].norm()
+    assert rel < 0.05, rel
+
+
+def test_channels_last_convolutions_are_transparent():
+    """The s/t ResNets run their convolutions channels-last; results equal the default layout's."""
+    from realnvp.nets import WNConv2d
+
+    torch.manual_seed(0)
+    model = perturb(MODELS["image-3x8x8"](), 0.05).double().eval()
+    x = _data(model, 4, torch.float64)
+    with torch.no_grad():
+        a = model.log_prob(x)
+        WNConv2d.channels_last = False
+        try:
+            b = model.log_prob(x)
+        finally:
+            WNConv2d.channels_last = True
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert isinstance(model.bijector, nn.Module)
