@@ -165,7 +165,7 @@ def cmd_eval(args) -> int:
 
 def cmd_sample(args) -> int:
     from .runs import to_pixels
-    from .viz import density_map, image_grid, save, scatter_plot, side_by_side
+    from .viz import image_grid, samples_and_density, save
 
     if args.n < 1:
         raise UsageError(f"-n must be >= 1, got {args.n}")
@@ -190,13 +190,8 @@ def cmd_sample(args) -> int:
             np.savetxt(out, arr.reshape(arr.shape[0], -1), delimiter=",", fmt="%.6g")
     elif info.kind == "image":
         save(image_grid(to_pixels(x, info)), out)
-    elif info.dim == 2:
-        pts = torch.from_numpy(_unstandardise(x, info))
-        pic = scatter_plot(pts)
-        lo, hi = x.min(0).values, x.max(0).values
-        dens = density_map(run.model, (lo[0].item(), hi[0].item(), lo[1].item(), hi[1].item()),
-                           size=pic.height)
-        save(side_by_side(pic, dens), out)
+    elif info.dim == 2:  # drawn in the model's (standardised) coordinates
+        save(samples_and_density(run.model, x), out)
     else:
         raise UsageError(f"{info.dim}-dimensional samples cannot be drawn; use -o FILE.csv or .npy")
     print(f"wrote {args.n} samples at temperature {args.temperature} to {out}")

@@ -33,7 +33,7 @@ from .config import Config, ConfigError
 from .data import load_dataset
 from .evaluate import autocast, evaluate, histogram_baseline
 from .runs import RunError, build_model, load_state, model_input, read_run_files, to_pixels
-from .viz import density_map, image_grid, save, scatter_plot, side_by_side
+from .viz import image_grid, samples_and_density, save
 
 METRICS = ["epoch", "step", "train_bpd", "test_bpd", "lr", "skipped_steps", "seconds"]
 
@@ -213,11 +213,7 @@ def save_pictures(model, info, cfg, path: Path, reference: torch.Tensor | None =
     if info.kind == "image":
         save(image_grid(to_pixels(samples.cpu(), info)), path)
     elif info.dim == 2:
-        pic = scatter_plot(samples, reference=reference)
-        ref = reference if reference is not None else samples
-        bounds = (float(ref[:, 0].min()), float(ref[:, 0].max()), float(ref[:, 1].min()),
-                  float(ref[:, 1].max()))
-        save(side_by_side(pic, density_map(model, bounds, size=pic.height)), path)
+        save(samples_and_density(model, samples, reference), path)
 
 
 def _tensors_and_meta(model, optimizer, ema, state: State) -> tuple[dict, dict]:

@@ -85,6 +85,16 @@ def density_map(model, bounds: tuple[float, float, float, float], size: int = 25
     return Image.fromarray((255 * (1 - p) ** 2).astype(np.uint8), mode="L").convert("RGB")
 
 
+def samples_and_density(model, samples: torch.Tensor, reference: torch.Tensor | None = None,
+                        size: int = 512) -> Image.Image:
+    """2-D samples (over ``reference`` data in grey, if given) beside the model's density, both
+    drawn over the same region."""
+    bounds = _bounds(torch.cat([samples, reference]).detach().cpu().double().numpy()
+                     if reference is not None else samples.detach().cpu().double().numpy())
+    pic = scatter_plot(samples, size=size, reference=reference, bounds=bounds)
+    return side_by_side(pic, density_map(model, bounds, size=size))
+
+
 def side_by_side(*images: Image.Image, pad: int = 8) -> Image.Image:
     h = max(im.height for im in images)
     out = Image.new("RGB", (sum(im.width for im in images) + pad * (len(images) - 1), h), "white")
