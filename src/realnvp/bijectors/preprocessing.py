@@ -44,7 +44,8 @@ class Dequantize(Bijector):
 
     With ``validate_args`` (the default) the input must hold integers in ``[0, K−1]``: anything
     else (out-of-range levels, data that is already dequantized, NaN) is a ``ValueError`` rather
-    than a silently wrong likelihood. ``y`` stays below 1 even where ``K−1+u`` rounds up to ``K``.
+    than a silently wrong likelihood. ``y`` stays in its bin ``[x/K, (x+1)/K)`` (so below 1) even
+    where floating-point rounding would put it on a bin edge, and the inverse is exact.
     """
 
     def __init__(self, num_levels: int = 256, validate_args: bool = True):
@@ -76,9 +77,16 @@ class Dequantize(Bijector):
         x = x if x.is_floating_point() else x.float()
         if self.validate_args and x.numel():
             self._check(x)
-        y = (x + torch.rand_like(x)) / self.num_levels
-        below_one = 1 - torch.finfo(y.dtype).eps / 2  # the largest number below 1
-        return y.clamp_(max=below_one), self._log_det(x)
+        k = self.num_levels
+        y = (x + torch.rand_like(x)) / k
+        # Rounding can put y on the edge of the next bin (x + u rounds up to x + 1 for u close to
+        # 1: y = 1 for x = K − 1) or just below its own; nudge those few values back by an ulp or
+        # two, so that y < 1 and floor(K·y) = x always (two passes suffice for K ≤ 65536).
+        eps = torch.finfo(y.dtype).eps
+        for _ in range(2):
+            level = torch.floor(y * k)
+            y = torch.where(level > x, y * (1 - eps), torch.where(level < x, y * (1 + eps), y))
+        return y, self._log_det(x)
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
         x = torch.floor(y * self.num_levels).clamp_(0, self.num_levels - 1)
