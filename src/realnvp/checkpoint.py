@@ -4,13 +4,13 @@ One ``.safetensors`` file holds every tensor (weights, the optimizer's moments, 
 in its header, JSON metadata and a SHA-256 digest of the tensors and the metadata. Nothing is
 unpickled on load: a pickle or ``torch.save`` file is recognised and refused.
 
-Writes go to a temporary file in the same directory, are fsynced, then renamed over the target,
-so a crash at any moment leaves either the old file or the new one under the target's name (the
-target never disappears: the previous file is kept as ``*.prev`` through a hard link, where the
-file system has them). A previous file that does not verify is not rotated into ``*.prev``, so a
-corrupt checkpoint never pushes out the last good one. Temporary files are named
-``.NAME.HOST.PID.XXXX.tmp``: they never look like checkpoints, and those left behind by a killed
-process are removed by the next save of the same checkpoint.
+Writes go to a private staging directory next to the target (``.NAME.HOST.PID.XXXX.tmp``), are
+fsynced, then renamed over the target, so a crash at any moment leaves either the old file or the
+new one under the target's name (the target never disappears: the previous file is kept as
+``*.prev`` through a hard link, where the file system has them). A previous file that does not
+verify is not rotated into ``*.prev``, so a corrupt checkpoint never pushes out the last good one.
+Nothing a killed write leaves behind looks like a checkpoint, and the next save of the same
+checkpoint removes it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -93,7 +94,8 @@ def _alive(pid: int) -> bool:
 
 
 def stale_temp_files(path: str | Path) -> list[Path]:
-    """Temporary files of ``path`` left behind by processes of this host that no longer run."""
+    """Staging directories (or temporary files) of ``path`` left behind by processes of this host
+    that no longer run."""
     path = Path(path)
     pattern, host, out = _temp_pattern(path), _host(), []
     try:
@@ -119,20 +121,23 @@ def _is_good(path: Path) -> bool:
     return True
 
 
-def _keep_previous(path: Path, prev: Path) -> None:
-    """Make ``prev`` the current ``path`` while ``path`` stays in place (a hard link), or, where
-    links are not available, move ``path`` to ``prev``."""
-    link = path.parent / f".{path.name}.{_host()}.{os.getpid()}.link.tmp"
+def _keep_previous(path: Path, prev: Path, staging: Path) -> None:
+    """Make ``prev`` the current ``path`` while ``path`` stays in place (a hard link, made in
+    ``staging``), or, where links are not available, move ``path`` to ``prev``."""
+    link = staging / "previous"
     try:
-        link.unlink(missing_ok=True)
         os.link(path, link)
     except OSError:
         os.replace(path, prev)
         return
-    try:
-        os.replace(link, prev)  # a no-op if prev already is this very file ...
-    finally:
-        link.unlink(missing_ok=True)  # ... so the link may still be there
+    os.replace(link, prev)  # a no-op if prev already is this very file (staging is removed anyway)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict, keep_previous: bool = True) -> None:
@@ -141,6 +146,10 @@ def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict, keep_pr
     Refuses (``CheckpointError``) to write a checkpoint with NaN or infinite values; the existing
     file is then left as it was. With ``keep_previous`` the file being replaced is kept as
     ``path.prev`` if it verifies.
+
+    The new file is written in a private staging directory next to ``path`` (so whatever a kill
+    leaves behind, safetensors' own temporary files included, stays in there), fsynced, and
+    renamed over ``path``; the next save removes staging directories of processes that are gone.
     """
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
@@ -155,21 +164,20 @@ def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict, keep_pr
     header = {"format": FORMAT, "meta": meta_text, "sha256": digest(tensors, meta_text)}
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in stale_temp_files(path):
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp",
-                               dir=path.parent)
-    os.close(fd)
+        _remove(stale)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp",
+                                    dir=path.parent))
     try:
-        save_file(tensors, tmp, metadata=header)
+        tmp = staging / "checkpoint.partial"
+        save_file(tensors, str(tmp), metadata=header)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         if keep_previous and path.exists() and _is_good(path):
-            _keep_previous(path, path.with_suffix(path.suffix + ".prev"))
+            _keep_previous(path, path.with_suffix(path.suffix + ".prev"), staging)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     stamp = _stamp(path)
     if stamp is not None:
         _verified[str(path)] = stamp
