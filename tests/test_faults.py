@@ -633,17 +633,18 @@ def test_crash_while_metrics_are_rewritten_on_resume_loses_no_rows(tmp_path, mon
 def test_crash_while_the_run_directory_is_set_up_leaves_a_usable_directory(tmp_path, monkeypatch,
                                                                             small_digits):
     run = tmp_path / "run"
-    real = Path.write_text
+    real, calls = json.dumps, []
 
-    def write_text(self, *args, **kwargs):
-        if self.name == "data.json":
+    def dumps(*args, **kwargs):  # the second JSON text of the run: its second description file
+        calls.append(None)
+        if len(calls) == 2:
             raise Crash
-        return real(self, *args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(Path, "write_text", write_text)
+    monkeypatch.setattr(json, "dumps", dumps)
     with pytest.raises(Crash):
         train_mod.train(tiny_config(epochs=1), run, quiet=True, log=lambda *a: None)
-    monkeypatch.setattr(Path, "write_text", real)
+    monkeypatch.setattr(json, "dumps", real)
     try:  # what a user would do: resume it, or else start it again
         train_mod.train(tiny_config(epochs=1), run, resume=True, quiet=True, log=lambda *a: None)
     except RunError:
