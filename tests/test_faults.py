@@ -41,6 +41,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBU
 CLI_TINY = ["--quiet", "--device", "cpu", "--set", "hidden_channels=4", "--set", "num_blocks=1",
             "--set", "eval_dequant_samples=1", "--set", "num_samples=4", "--set", "sample_every=0"]
 EPOCHS = 3
+posix_only = pytest.mark.skipif(os.name != "posix", reason="SIGKILL, fork and `touch` are POSIX")
 
 
 
@@ -295,6 +296,7 @@ def test_a_run_loads_without_any_unpickling(reference_run, no_unpickling):
     assert run.meta["state"]["epoch"] >= 1 and not run.model.training
 
 
+@posix_only
 @pytest.mark.parametrize("writer", ["torch.save", "torch.save-legacy", "pickle"])
 def test_a_pickle_disguised_as_a_checkpoint_is_refused_and_not_run(tmp_path, writer):
     marker = tmp_path / "pwned"
@@ -401,6 +403,7 @@ SAVER = textwrap.dedent("""
 """)
 
 
+@posix_only
 def test_sigkill_during_checkpoint_save_never_leaves_an_unreadable_checkpoint(tmp_path):
     path = tmp_path / "last.safetensors"
     proc = subprocess.run([sys.executable, "-c", SAVER, str(path), "12", "0"], capture_output=True,
@@ -695,6 +698,7 @@ class Training:
         return self.proc.wait(timeout=60)
 
 
+@posix_only
 def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_numbers(tmp_path, reference_run):
     seed = int.from_bytes(os.urandom(4), "little")
     rng = random.Random(seed)
@@ -864,6 +868,7 @@ def cifar_folder(root: Path, poisoned: str | None = None, marker: Path | None = 
     return root
 
 
+@posix_only
 def test_train_on_a_malicious_cifar_batch_stops_in_one_line_without_running_it(tmp_path, capsys):
     marker = tmp_path / "pwned"
     data = cifar_folder(tmp_path / "cifar", poisoned="data_batch_2", marker=marker)
