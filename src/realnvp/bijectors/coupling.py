@@ -51,7 +51,7 @@ class _Coupling(Bijector):
             a = a - t if inverse else a + t
             log_det = zero_log_det(x)
         else:
-            a = (a - t) * torch.exp(-s) if inverse else a * torch.exp(s) + t
+            a = (a - t) * torch.exp(-s) if inverse else torch.addcmul(t, a, torch.exp(s))
             log_det = sum_except_batch(s)
             if inverse:
                 log_det = -log_det

@@ -141,11 +141,13 @@ class Flow(nn.Module):
         prior's standard deviation). Always runs in eval mode (running batch-norm averages), so
         samples never depend on the last training batch; the previous mode is restored."""
         was_training = self.training
-        self.eval()
+        if was_training:  # switching modes walks every submodule: only when needed
+            self.eval()
         try:
             return self.rsample(n, temperature, generator)
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
 
     @property
     def memory_saving(self) -> bool:

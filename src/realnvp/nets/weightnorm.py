@@ -23,9 +23,38 @@ class _WeightNormMixin:
         return v.flatten(1).norm(dim=1)
 
     def normalized_weight(self) -> Tensor:
-        v = self.weight_v
-        scale = self.weight_g / self._norm(v)
-        return v * scale.view(-1, *([1] * (v.dim() - 1)))
+        """``g · v / ‖v‖``, one fused operation forward and backward (``torch._weight_norm``, what
+        ``torch.nn.utils.weight_norm`` uses) instead of four.
+
+        Without autograd (evaluation, sampling) the result is cached until ``v`` or ``g`` change
+        (in-place optimizer steps and ``load_state_dict`` bump their version counters; ``.to()``
+        makes new tensors), so evaluating many batches does not renormalise every weight each time.
+        """
+        v, g = self.weight_v, self.weight_g
+        if torch.is_grad_enabled() and (v.requires_grad or g.requires_grad):
+            return self._compute_weight(v, g)
+        key = (v._version, g._version, v.data_ptr(), g.data_ptr(), v.dtype, v.device,
+               getattr(self, "channels_last", False))
+        cached = self.__dict__.get("_wn_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            w = self._compute_weight(v, g)
+        self.__dict__["_wn_cache"] = (key, w)
+        return w
+
+    def _compute_weight(self, v: Tensor, g: Tensor) -> Tensor:
+        w = _weight_norm(v, g.view(-1, *([1] * (v.dim() - 1))))
+        if getattr(self, "channels_last", False) and w.dim() == 4:
+            w = w.contiguous(memory_format=torch.channels_last)
+        return w
+
+
+def _weight_norm(v: Tensor, g: Tensor) -> Tensor:
+    fused = getattr(torch, "_weight_norm", None)
+    if fused is not None:
+        return fused(v, g, 0)
+    return v * (g / v.flatten(1).norm(dim=1).view_as(g))
 
 
 class WNConv2d(_WeightNormMixin, nn.Conv2d):
@@ -45,10 +74,7 @@ class WNConv2d(_WeightNormMixin, nn.Conv2d):
         self._init_weight_norm(init_scale)
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.normalized_weight()
-        if self.channels_last and w.dim() == 4:
-            w = w.contiguous(memory_format=torch.channels_last)
-        return self._conv_forward(x, w, self.bias)
+        return self._conv_forward(x, self.normalized_weight(), self.bias)
 
 
 class WNLinear(_WeightNormMixin, nn.Linear):
