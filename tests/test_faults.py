@@ -586,9 +586,6 @@ class Crash(BaseException):
     """Stands for a SIGKILL: nothing after it runs (no ``except Exception`` catches it)."""
 
 
-@pytest.mark.xfail(strict=True, reason="train.checkpoint_now writes last.safetensors before "
-                   "best.safetensors: a kill between the two leaves an out-of-date best checkpoint that "
-                   "resuming never rewrites")
 def test_crash_between_last_and_best_checkpoint_loses_nothing(tmp_path, monkeypatch, small_digits):
     run = tmp_path / "run"
     real_save = checkpoint.save
@@ -612,8 +609,6 @@ def test_crash_between_last_and_best_checkpoint_loses_nothing(tmp_path, monkeypa
                 {k: v for k, v in last.items() if k.startswith("model.")})
 
 
-@pytest.mark.xfail(strict=True, reason="train.Metrics rewrites metrics.csv in place on resume: a kill "
-                   "between the truncation and the rewrite loses every earlier row")
 def test_crash_while_metrics_are_rewritten_on_resume_loses_no_rows(tmp_path, monkeypatch, small_digits):
     run = tmp_path / "run"
     train_mod.train(tiny_config(epochs=1), run, quiet=True, log=lambda *a: None)
@@ -631,8 +626,6 @@ def test_crash_while_metrics_are_rewritten_on_resume_loses_no_rows(tmp_path, mon
     assert metrics_rows(run) == before
 
 
-@pytest.mark.xfail(strict=True, reason="train.train writes config.json, then data.json, in place: a kill "
-                   "in between leaves a directory that neither --resume nor a new run accepts")
 def test_crash_while_the_run_directory_is_set_up_leaves_a_usable_directory(tmp_path, monkeypatch,
                                                                             small_digits):
     run = tmp_path / "run"
@@ -931,8 +924,6 @@ def test_train_with_a_batch_larger_than_the_data_stops_in_one_line(tmp_path, cap
         (["sample", "{run}", "--temperature", "inf", "-o", "{png}"], "--temperature"),
     ],
 )
-@pytest.mark.xfail(strict=True, reason="cli.py does not check that counts are positive and the "
-                   "temperature finite: a traceback (exit 1) or NaN bits/dim with exit 0")
 def test_cli_refuses_zero_counts_and_non_finite_temperatures(tmp_path, capsys, reference_run, argv,
                                                              message):
     np.save(tmp_path / "x.npy", np.zeros((2, 1, 8, 8), dtype=np.uint8))

@@ -69,6 +69,16 @@ TRAIN_FLAGS = {  # option -> (config key, type)
 }
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _parse_set(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -169,8 +179,8 @@ def cmd_sample(args) -> int:
 
     if args.n < 1:
         raise UsageError(f"-n must be >= 1, got {args.n}")
-    if args.temperature < 0:
-        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    if not 0 <= args.temperature < float("inf"):
+        raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     out = _writable_file(args.output)
     run = _load(args)
     g = torch.Generator().manual_seed(args.seed)
@@ -279,9 +289,9 @@ def cmd_info(args) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     state = {}
     last = path / "checkpoints" / "last.safetensors"
-    if last.exists():
+    if last.exists() or last.with_suffix(".safetensors.prev").exists():
         try:
-            state = checkpoint.load(last)[1]["state"]
+            state = checkpoint.load_with_fallback(last, warn=lambda m: print(m, file=sys.stderr))[1]["state"]
         except checkpoint.CheckpointError as e:
             state = {"error": str(e)}
     eval_file = path / "eval.json"
@@ -343,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_args(e, "last")
     e.add_argument("--split", choices=("train", "test"), default="test")
     e.add_argument("--data-dir")
-    e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--dequant-samples", type=int, default=4)
+    e.add_argument("--batch-size", type=_positive_int, default=256)
+    e.add_argument("--dequant-samples", type=_positive_int, default=4)
     e.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
@@ -359,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("interpolate", help="decode the latent manifold of four test examples (paper Fig. 6)")
     run_args(i, "last")
     i.add_argument("-o", "--output", default="manifold.png")
-    i.add_argument("--steps", type=int, default=8)
+    i.add_argument("--steps", type=_positive_int, default=8)
     i.add_argument("--indices", type=int, nargs=4)
     i.add_argument("--data-dir")
     i.set_defaults(func=cmd_interpolate)
@@ -368,8 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_args(c, "last")
     c.add_argument("inputs", nargs="+", help="image files, .npy arrays or .csv files")
     c.add_argument("-o", "--output", help="CSV file (default: stdout)")
-    c.add_argument("--batch-size", type=int, default=256)
-    c.add_argument("--dequant-samples", type=int, default=4)
+    c.add_argument("--batch-size", type=_positive_int, default=256)
+    c.add_argument("--dequant-samples", type=_positive_int, default=4)
     c.set_defaults(func=cmd_score)
 
     f = sub.add_parser("info", help="configuration, parameter count, progress, best bits/dim")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import math
 import os
@@ -156,6 +157,16 @@ def _gradient_step(net, model, optimizer, x, info, cfg, device, reg_params, dist
     return finite, bpd
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file, fsync it, rename it over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 class Metrics:
     """``metrics.csv`` (one row per epoch), mirrored to TensorBoard when it is installed."""
 
@@ -174,10 +185,11 @@ class Metrics:
                             rows.append(row)
                     except (TypeError, ValueError):
                         pass
-        with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, METRICS)
-            w.writeheader()
-            w.writerows(rows)
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, METRICS)
+        w.writeheader()
+        w.writerows(rows)
+        _write_atomically(self.path, text.getvalue())
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -252,7 +264,8 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overrides: dict) -
         if "seed" in overrides and overrides["seed"] != saved.seed:
             raise ConfigError("--resume cannot change --seed (the run's numbers depend on it)")
         return saved.replace(**{k: v for k, v in overrides.items() if k in allowed}), True
-    if run_dir.exists() and any(run_dir.iterdir()):
+    leftovers = {"data.json", "data.json.tmp", "config.json.tmp"}  # of a set-up cut short
+    if run_dir.exists() and any(p.name not in leftovers for p in run_dir.iterdir()):
         if (run_dir / "config.json").exists():
             raise RunError(f"{run_dir} already holds a run: add --resume to continue it, "
                            "or choose another --out")
@@ -297,8 +310,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overrides: dic
         say(f"resuming {run_dir} after epoch {state.epoch} (step {state.step})")
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        (run_dir / "data.json").write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+        _write_atomically(run_dir / "data.json", json.dumps(info.to_dict(), indent=2) + "\n")
+        _write_atomically(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     net = distributed.wrap(model, dist)
     metrics = Metrics(run_dir, state.epoch, enabled=main)
     say(f"{info.name}: {len(train_set)} train / {len(test_set)} test, shape {info.shape}; "
@@ -311,9 +324,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overrides: dic
         if not main:
             return
         tensors, meta = _tensors_and_meta(model, optimizer, ema, state)
-        checkpoint.save(ckpt_dir / "last.safetensors", tensors, meta)
-        if best:
+        if best:  # before last: a crash in between redoes the epoch, which rewrites best
             checkpoint.save(ckpt_dir / "best.safetensors", tensors, meta)
+        checkpoint.save(ckpt_dir / "last.safetensors", tensors, meta)
 
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         t0 = time.time()
@@ -342,7 +355,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overrides: dic
                     lr_scale, skipped = state.lr_scale / 2, state.skipped_steps
                     state = _restore(ckpt_dir / "last.safetensors", model, optimizer, ema, say)
                     state.lr_scale, state.skipped_steps = lr_scale, skipped
-                    bad_in_row = 0
+                    bad_in_row, total, count = 0, 0.0, 0  # the epoch's steps so far were undone
                     say(f"rolled back to epoch {state.epoch}; learning rate now {cfg.lr * lr_scale:.3g}")
                 continue
             optimizer.step()
