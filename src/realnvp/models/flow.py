@@ -86,7 +86,7 @@ class Flow(nn.Module):
             raise ValueError("input contains NaN or infinite values")
         if self.support is not None:
             low, high = self.support
-            lo, hi = float(x.min()), float(x.max())
+            lo, hi = float(x.detach().min()), float(x.detach().max())
             if lo < low or hi > high:
                 raise ValueError(
                     f"input values must lie in [{low:.4g}, {high:.4g}] (dequantized data scaled "
@@ -140,14 +140,13 @@ class Flow(nn.Module):
         """``n`` samples ``(n, *event_shape)`` at the given temperature (which multiplies the
         prior's standard deviation). Always runs in eval mode (running batch-norm averages), so
         samples never depend on the last training batch; the previous mode is restored."""
-        was_training = self.training
-        if was_training:  # switching modes walks every submodule: only when needed
-            self.eval()
+        modes = [(m, m.training) for m in self.modules()]  # restored exactly, even if mixed
+        self.eval()
         try:
             return self.rsample(n, temperature, generator)
         finally:
-            if was_training:
-                self.train()
+            for m, training in modes:
+                m.training = training
 
     @property
     def memory_saving(self) -> bool:
