@@ -1,0 +1,94 @@
+"""A/B experiments behind the choices in BENCHMARKS.md ("what was tried").
+
+    python benchmarks/experiments.py channels-last   # WNConv2d.channels_last on/off
+    python benchmarks/experiments.py threads         # 1 vs 2 intra-op threads
+    python benchmarks/experiments.py compile         # torch.compile, its compile time included
+
+Each pair is timed alternately (A, B, A, B, ...) and reported as medians and the median of the
+per-pair ratios. ``--cpu-time`` measures process CPU time instead of wall-clock time (steadier on
+a shared machine for single-threaded runs; meaningless for multi-threaded comparisons).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import WORKLOADS, build, make_batch  # noqa: E402
+from realnvp.nets import WNConv2d  # noqa: E402
+
+
+def alternate(a, b, pairs, clock):
+    ta, tb = [], []
+    for _ in range(pairs):
+        for f, ts in ((a, ta), (b, tb)):
+            t = clock()
+            f()
+            ts.append(clock() - t)
+    ratio = statistics.median(y / x for x, y in zip(ta, tb, strict=True))
+    return statistics.median(ta), statistics.median(tb), ratio
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["channels-last", "threads", "compile"])
+    p.add_argument("--workload", default="digits", choices=sorted(WORKLOADS))
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--pairs", type=int, default=7)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--cpu-time", action="store_true")
+    args = p.parse_args(argv)
+    wl = WORKLOADS[args.workload]
+    x = make_batch(wl, args.batch or wl["batch"])
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    v = build(args.workload, f"realnvp-{args.precision}")
+    v.model.train()
+    step = lambda: v.train(x)
+    step()
+    print(f"{args.workload}, batch {len(x)}, {args.precision}, threads {torch.get_num_threads()}, "
+          f"{'CPU' if args.cpu_time else 'wall'} time")
+    if args.what == "channels-last":
+
+        def layout(flag):
+            def f():
+                WNConv2d.channels_last = flag
+                step()
+            return f
+
+        a, b, r = alternate(layout(True), layout(False), args.pairs, clock)
+        print(f"channels-last {a * 1e3:.1f} ms, NCHW {b * 1e3:.1f} ms: channels-last {r:.2f}x faster")
+    elif args.what == "threads":
+
+        def threads(n):
+            def f():
+                torch.set_num_threads(n)
+                step()
+            return f
+
+        a, b, r = alternate(threads(1), threads(2), args.pairs, clock)
+        print(f"1 thread {a * 1e3:.1f} ms, 2 threads {b * 1e3:.1f} ms: 1 thread {r:.2f}x faster")
+    else:
+        compiled = build(args.workload, f"realnvp-{args.precision}")
+        compiled.model.train()
+        compiled.model.bijector = torch.compile(compiled.model.bijector)
+        t = time.perf_counter()
+        compiled.train(x)
+        first = time.perf_counter() - t
+        compiled.train(x)  # a second compile may follow (e.g. grad mode / mode guards)
+        a, b, r = alternate(lambda: compiled.train(x), step, args.pairs, clock)
+        print(f"torch.compile: first step {first:.1f} s (compilation), then {a * 1e3:.1f} ms vs eager "
+              f"{b * 1e3:.1f} ms: compiled {r:.2f}x faster; break-even after "
+              f"{first / max(b - a, 1e-9):.0f} steps" if b > a else
+              f"torch.compile: first step {first:.1f} s, then {a * 1e3:.1f} ms vs eager {b * 1e3:.1f} ms "
+              f"(not faster)")
+
+
+if __name__ == "__main__":
+    main()
