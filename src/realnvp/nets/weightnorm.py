@@ -37,7 +37,9 @@ class _WeightNormMixin:
                getattr(self, "channels_last", False))
         cached = self.__dict__.get("_wn_cache")
         if cached is not None and cached[0] == key:
-            return cached[1]
+            # an inference-mode tensor must not reach code that may save it for backward
+            if not cached[1].is_inference() or torch.is_inference_mode_enabled():
+                return cached[1]
         with torch.no_grad():
             w = self._compute_weight(v, g)
         self.__dict__["_wn_cache"] = (key, w)
