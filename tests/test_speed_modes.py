@@ -317,3 +317,30 @@ def test_channels_last_convolutions_are_transparent():
     torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
     assert all(p.is_contiguous() for p in model.parameters())
     assert isinstance(model.bijector, nn.Module)
+
+
+def test_weight_norm_cache_follows_parameter_updates():
+    """Evaluation reuses the normalised weights until a parameter changes; an optimizer step or
+    ``load_state_dict`` invalidates them, and a weight cached in inference mode never reaches a
+    graph that needs gradients."""
+    torch.manual_seed(0)
+    model = perturb(MODELS["image-3x8x8"](), 0.05).eval()
+    x = _data(model, 4, torch.float32)
+    with torch.no_grad():
+        before = model.log_prob(x)
+        for p in model.parameters():
+            p.add_(0.01)
+        after = model.log_prob(x)
+    fresh = copy.deepcopy(model)
+    for m in fresh.modules():
+        m.__dict__.pop("_wn_cache", None)
+    with torch.no_grad():
+        torch.testing.assert_close(after, fresh.log_prob(x), rtol=0, atol=0)
+    assert not torch.allclose(before, after)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with torch.inference_mode():
+        model.log_prob(x)
+    xi = x.clone().requires_grad_(True)
+    model.log_prob(xi).sum().backward()
+    assert xi.grad is not None and torch.isfinite(xi.grad).all()
