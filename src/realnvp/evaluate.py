@@ -9,7 +9,6 @@ log-likelihood in nats per example and ``nll / (D ln 2)`` bits per dimension.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -17,14 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from .bijectors import bits_per_dim
 from .data import DataInfo
 from .models import Flow
+from .precision import autocast
 from .runs import model_input
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for the s/t networks (the flow's own arithmetic stays float32)."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 @torch.no_grad()

@@ -32,7 +32,8 @@ from . import checkpoint, distributed
 from .bijectors import BatchNorm, bits_per_dim
 from .config import Config, ConfigError
 from .data import load_dataset
-from .evaluate import autocast, evaluate, histogram_baseline
+from .evaluate import evaluate, histogram_baseline
+from .precision import autocast
 from .runs import RunError, build_model, load_state, model_input, read_run_files, to_pixels
 from .viz import image_grid, samples_and_density, save
 
