@@ -55,11 +55,12 @@ def _worker(rank, init_file, out_file, sync):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     model = _model()
-    net = DistributedDataParallel(model, broadcast_buffers=False)
+    net = DistributedDataParallel(model)
     loss, grads, state = _step(model, _batch()[rank::2], net)
     dist.all_reduce(loss)
     if rank == 0:
         torch.save({"loss": loss / 2, "grads": grads, "state": state}, out_file)
+    dist.barrier()  # no rank may tear gloo down while another is still using it
     dist.destroy_process_group()
 
 

@@ -49,9 +49,9 @@ def wrap(model: torch.nn.Module, dist: DistInfo) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [dist.device.index] if dist.device.type == "cuda" else None
-    # Buffers (batch-norm running averages) are identical on every rank because the statistics
-    # themselves are synchronised; no need for DDP to broadcast them every step.
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    # Buffers (batch-norm running averages) are identical on every rank anyway, because the
+    # statistics themselves are synchronised; DDP's per-step broadcast of them is cheap.
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def loader_kwargs(dataset, dist: DistInfo, seed: int) -> dict:
@@ -88,4 +88,5 @@ def barrier(dist: DistInfo) -> None:
 
 def teardown(dist: DistInfo) -> None:
     if dist.enabled and torch_dist.is_initialized():
+        torch_dist.barrier()  # no rank tears gloo down while another still uses it
         torch_dist.destroy_process_group()
