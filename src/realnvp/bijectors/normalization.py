@@ -28,6 +28,23 @@ def _view(p: Tensor, x: Tensor) -> Tensor:
     return p.view(1, -1, *([1] * (x.dim() - 2)))
 
 
+def _channel_affine(x: Tensor, shift_in: Tensor, log_scale: Tensor, shift_out: Tensor | None,
+                    inverse: bool) -> tuple[Tensor, Tensor]:
+    """``y = (x − shift_in)·exp(log_scale) + shift_out`` per channel (or its inverse), with the
+    ``(B,)`` log-det ``±Σ_c log_scale_c · H·W``. Both normalising layers are this map; they differ
+    only in where the shifts and the scale come from."""
+    log_scale = log_scale.to(x.dtype)
+    shift_in = _view(shift_in.to(x.dtype), x)
+    shift_out = 0 if shift_out is None else _view(shift_out.to(x.dtype), x)
+    if inverse:
+        out = (x - shift_out) * _view(torch.exp(-log_scale), x) + shift_in
+    else:
+        out = (x - shift_in) * _view(torch.exp(log_scale), x) + shift_out
+    log_det = (log_scale.sum() * _positions(x)).expand(x.shape[0])
+    log_det = log_det.to(torch.promote_types(x.dtype, torch.float32))
+    return out, -log_det if inverse else log_det
+
+
 def _check_channels(x: Tensor, channels: int, name: str) -> None:
     if x.dim() < 2 or x.shape[1] != channels:
         raise ValueError(
@@ -86,10 +103,7 @@ class BatchNorm(Bijector):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         _check_channels(x, self.channels, "BatchNorm")
         mean, var = self._stats(x)
-        log_scale = self._log_scale(var)
-        y = (x - _view(mean, x)) * _view(torch.exp(log_scale), x) + _view(self.beta.to(x.dtype), x)
-        log_det = (log_scale.sum() * _positions(x)).expand(x.shape[0])
-        return y, log_det.to(torch.promote_types(x.dtype, torch.float32))
+        return _channel_affine(x, mean, self._log_scale(var), self.beta, inverse=False)
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
         _check_channels(y, self.channels, "BatchNorm")
@@ -97,10 +111,7 @@ class BatchNorm(Bijector):
             mean, var = (s.to(y.dtype) for s in self._last_stats)
         else:
             mean, var = self.running_mean.to(y.dtype), self.running_var.to(y.dtype)
-        log_scale = self._log_scale(var)
-        x = (y - _view(self.beta.to(y.dtype), y)) * _view(torch.exp(-log_scale), y) + _view(mean, y)
-        log_det = -(log_scale.sum() * _positions(y)).expand(y.shape[0])
-        return x, log_det.to(torch.promote_types(y.dtype, torch.float32))
+        return _channel_affine(y, mean, self._log_scale(var), self.beta, inverse=True)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, momentum={self.momentum}, eps={self.eps}"
@@ -132,14 +143,8 @@ class ActNorm(Bijector):
         _check_channels(x, self.channels, "ActNorm")
         if self.training and not bool(self.initialized):
             self._initialize(x)
-        log_scale = self.log_scale.to(x.dtype)
-        y = (x + _view(self.bias.to(x.dtype), x)) * _view(torch.exp(log_scale), x)
-        log_det = (log_scale.sum() * _positions(x)).expand(x.shape[0])
-        return y, log_det.to(torch.promote_types(x.dtype, torch.float32))
+        return _channel_affine(x, -self.bias, self.log_scale, None, inverse=False)
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
         _check_channels(y, self.channels, "ActNorm")
-        log_scale = self.log_scale.to(y.dtype)
-        x = y * _view(torch.exp(-log_scale), y) - _view(self.bias.to(y.dtype), y)
-        log_det = -(log_scale.sum() * _positions(y)).expand(y.shape[0])
-        return x, log_det.to(torch.promote_types(y.dtype, torch.float32))
+        return _channel_affine(y, -self.bias, self.log_scale, None, inverse=True)
