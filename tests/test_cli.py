@@ -121,11 +121,14 @@ def test_toy_data_trains_and_plots(tmp_path, capsys):
         ([], "choose a command"),
     ],
 )
-def test_bad_input_gives_one_line_and_exit_2(capsys, argv, message):
+def test_bad_input_gives_one_line_and_exit_2(capsys, argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, *argv)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], err
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not any(runs.iterdir()), "a failed run left a folder behind"
 
 
 def test_run_errors(tmp_path, capsys, digits_run):

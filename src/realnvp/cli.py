@@ -115,9 +115,17 @@ def cmd_train(args) -> int:
     if out is None:
         safe = cfg.data.replace(":", "-")
         out = f"runs/{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = _writable_dir(Path(out)) if not resume else Path(out)
-    result = train(cfg, run_dir, resume=resume, overrides=overrides if resume else None,
-                   quiet=args.quiet)
+    run_dir = Path(out)
+    created = not resume and not run_dir.exists()
+    if not resume:
+        _writable_dir(run_dir)
+    try:
+        result = train(cfg, run_dir, resume=resume, overrides=overrides if resume else None,
+                       quiet=args.quiet)
+    except BaseException:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that failed before writing anything leaves no empty folder
+        raise
     if result:
         _print_eval(result, prefix=f"{cfg.data} test")
         print(f"run: {run_dir}  (samples: {run_dir / 'samples.png'})")
