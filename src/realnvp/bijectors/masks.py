@@ -42,7 +42,13 @@ class Mask(nn.Module):
         """Zero a network output (s or t) wherever the layer must be the identity."""
         return h
 
-    def merge(self, x: Tensor, active: Tensor) -> Tensor:
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(condition(x), active(x))`` in one go (cheaper where both come from one split)."""
+        return self.condition(x), self.active(x)
+
+    def merge(self, x: Tensor, active: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The layer's output from its input ``x`` and the transformed ``active`` part;
+        ``cond`` is ``condition(x)`` if the caller already has it."""
         raise NotImplementedError
 
 
@@ -70,7 +76,7 @@ class Checkerboard(Mask):
     def restrict(self, h: Tensor) -> Tensor:
         return h * self.not_b.to(h.dtype)
 
-    def merge(self, x: Tensor, active: Tensor) -> Tensor:
+    def merge(self, x: Tensor, active: Tensor, cond: Tensor | None = None) -> Tensor:
         return active
 
     def extra_repr(self) -> str:
@@ -93,18 +99,21 @@ class Halves(Mask):
         first, second = self.k, features - self.k
         self.in_features, self.out_features = (second, first) if flip else (first, second)
 
-    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        a, b = x[:, : self.k], x[:, self.k :]
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        # one split, not two slices: autograd then keeps one node that concatenates the two
+        # gradients, instead of scattering each into a zero tensor the size of x and adding
+        a, b = torch.split(x, (self.k, x.shape[1] - self.k), dim=1)
         return (b, a) if self.flip else (a, b)
 
     def condition(self, x: Tensor) -> Tensor:
-        return self._split(x)[0]
+        return x[:, self.k :] if self.flip else x[:, : self.k]
 
     def active(self, x: Tensor) -> Tensor:
-        return self._split(x)[1]
+        return x[:, : self.k] if self.flip else x[:, self.k :]
 
-    def merge(self, x: Tensor, active: Tensor) -> Tensor:
-        cond = self.condition(x)
+    def merge(self, x: Tensor, active: Tensor, cond: Tensor | None = None) -> Tensor:
+        if cond is None:
+            cond = self.condition(x)
         return torch.cat((active, cond) if self.flip else (cond, active), dim=1)
 
     def extra_repr(self) -> str:

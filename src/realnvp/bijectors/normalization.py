@@ -25,7 +25,9 @@ def _positions(x: Tensor) -> int:
 
 
 def _view(p: Tensor, x: Tensor) -> Tensor:
-    return p.view(1, -1, *([1] * (x.dim() - 2)))
+    """A (C,) tensor shaped to broadcast against x; as is for (B, C) (a reshape would be one more
+    autograd node per layer and step, which small vector flows feel)."""
+    return p if x.dim() == 2 else p.view(1, -1, *([1] * (x.dim() - 2)))
 
 
 def _channel_affine(x: Tensor, shift_in: Tensor, log_scale: Tensor, shift_out: Tensor | None,
@@ -35,13 +37,18 @@ def _channel_affine(x: Tensor, shift_in: Tensor, log_scale: Tensor, shift_out: T
     only in where the shifts and the scale come from."""
     log_scale = log_scale.to(x.dtype)
     shift_in = _view(shift_in.to(x.dtype), x)
-    shift_out = 0 if shift_out is None else _view(shift_out.to(x.dtype), x)
     if inverse:
-        out = (x - shift_out) * _view(torch.exp(-log_scale), x) + shift_in
+        if shift_out is not None:
+            x = x - _view(shift_out.to(x.dtype), x)
+        out = x * _view(torch.exp(-log_scale), x) + shift_in
     else:
-        out = (x - shift_in) * _view(torch.exp(log_scale), x) + shift_out
-    log_det = (log_scale.sum() * _positions(x)).expand(x.shape[0])
-    log_det = log_det.to(torch.promote_types(x.dtype, torch.float32))
+        out = (x - shift_in) * _view(torch.exp(log_scale), x)
+        if shift_out is not None:
+            out = out + _view(shift_out.to(x.dtype), x)
+    log_det = log_scale.sum()
+    if _positions(x) != 1:
+        log_det = log_det * _positions(x)
+    log_det = log_det.to(torch.promote_types(x.dtype, torch.float32)).expand(x.shape[0])
     return out, -log_det if inverse else log_det
 
 
@@ -98,7 +105,7 @@ class BatchNorm(Bijector):
 
     def _log_scale(self, var: Tensor) -> Tensor:
         """Per-channel log of the multiplier applied in the forward direction, shape (C,)."""
-        return self.log_gamma.to(var.dtype) - 0.5 * torch.log(var + self.eps)
+        return torch.add(self.log_gamma.to(var.dtype), torch.log(var + self.eps), alpha=-0.5)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         _check_channels(x, self.channels, "BatchNorm")

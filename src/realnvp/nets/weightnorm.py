@@ -46,17 +46,20 @@ class _WeightNormMixin:
         return w
 
     def _compute_weight(self, v: Tensor, g: Tensor) -> Tensor:
-        w = _weight_norm(v, g.view(-1, *([1] * (v.dim() - 1))))
+        w = _weight_norm(v, g)
         if getattr(self, "channels_last", False) and w.dim() == 4:
             w = w.contiguous(memory_format=torch.channels_last)
         return w
 
 
 def _weight_norm(v: Tensor, g: Tensor) -> Tensor:
+    """``g · v / ‖v‖`` per output unit; ``g`` has shape ``(out,)`` (passed as is: a reshape would
+    cost an autograd node per layer and step, which small vector flows feel)."""
     fused = getattr(torch, "_weight_norm", None)
     if fused is not None:
         return fused(v, g, 0)
-    return v * (g / v.flatten(1).norm(dim=1).view_as(g))
+    shape = (-1, *([1] * (v.dim() - 1)))
+    return v * (g / v.flatten(1).norm(dim=1)).view(shape)
 
 
 class WNConv2d(_WeightNormMixin, nn.Conv2d):
