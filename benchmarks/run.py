@@ -48,7 +48,7 @@ SIZES = {
     # workload -> (batch, rounds); rounds count timed calls per variant after one warm-up
     "quick": dict(cifar10=(8, 1), mnist=(32, 2), digits=(64, 3), **{"toy-2d": (256, 3)},
                   **{"tabular-43d": (512, 3)}),
-    "default": dict(cifar10=(64, 2), mnist=(64, 3), digits=(64, 5), **{"toy-2d": (256, 5)},
+    "default": dict(cifar10=(64, 3), mnist=(64, 3), digits=(64, 5), **{"toy-2d": (256, 5)},
                     **{"tabular-43d": (512, 5)}),
     "full": dict(cifar10=(64, 5), mnist=(64, 7), digits=(64, 9), **{"toy-2d": (256, 9)},
                  **{"tabular-43d": (512, 9)}),

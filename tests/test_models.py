@@ -126,7 +126,15 @@ def test_sample_shapes_and_temperature(name):
     s = model.sample(7, temperature=0.7)
     assert s.shape == (7, *model.event_shape) and torch.isfinite(s).all()
     assert model.training, "sample() must restore the previous mode"
+    # mixed modes come back exactly; samples use the running averages whatever the mode
+    frozen = next(m for m in model.modules() if m is not model and m.training)
+    frozen.eval()
+    before = [m.training for m in model.modules()]
+    a = model.sample(3, generator=torch.Generator().manual_seed(1))
+    assert [m.training for m in model.modules()] == before
     model.eval()
+    b = model.sample(3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not any(m.training for m in model.modules())
     # temperature 0 decodes the prior's mode, the same every time
     assert torch.equal(model.sample(2, 0.0)[0], model.sample(2, 0.0)[1])
     g = torch.Generator().manual_seed(0)

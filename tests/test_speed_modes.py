@@ -344,3 +344,35 @@ def test_weight_norm_cache_follows_parameter_updates():
     xi = x.clone().requires_grad_(True)
     model.log_prob(xi).sum().backward()
     assert xi.grad is not None and torch.isfinite(xi.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_folded_batch_norm_in_evaluation_matches_the_unfolded_network(dtype):
+    """In evaluation without autograd each residual block folds its second batch norm into the
+    convolution before it; the result equals the unfolded network's (the path taken whenever
+    gradients are recorded) to round-off, and follows parameter and running-average updates."""
+    torch.manual_seed(0)
+    model = perturb(MODELS["image-3x8x8"](), 0.3).to(dtype).eval()
+    for m in model.modules():  # non-trivial running averages
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = _data(model, 4, dtype)
+    tol = dict(rtol=0, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
+    for _ in range(2):
+        with torch.no_grad():
+            folded = model.log_prob(x)
+        with torch.enable_grad():
+            unfolded = model.log_prob(x).detach()
+        torch.testing.assert_close(folded, unfolded, **tol)
+        assert any("_fold_cache" in m.__dict__ for m in model.modules())
+        with torch.no_grad():  # the cache must notice this
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_var.mul_(1.5)
+                    m.bias.add_(0.1)
+    with torch.no_grad():  # and bf16 autocast keeps its folded weights in bf16, close to fp32
+        ref = model.float().log_prob(x.float())
+        with precision.autocast("cpu", "bf16"):
+            low = model.log_prob(x.float())
+    assert (low - ref).abs().max() / ref.abs().max() < 0.02

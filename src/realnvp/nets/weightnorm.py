@@ -27,29 +27,48 @@ class _WeightNormMixin:
         ``torch.nn.utils.weight_norm`` uses) instead of four.
 
         Without autograd (evaluation, sampling) the result is cached until ``v`` or ``g`` change
-        (in-place optimizer steps and ``load_state_dict`` bump their version counters; ``.to()``
-        makes new tensors), so evaluating many batches does not renormalise every weight each time.
+        (see :func:`cached`), already cast to the autocast dtype when autocast is on, so
+        evaluating many batches neither renormalises nor re-casts every weight each time.
         """
         v, g = self.weight_v, self.weight_g
         if torch.is_grad_enabled() and (v.requires_grad or g.requires_grad):
             return self._compute_weight(v, g)
-        key = (v._version, g._version, v.data_ptr(), g.data_ptr(), v.dtype, v.device,
-               getattr(self, "channels_last", False))
-        cached = self.__dict__.get("_wn_cache")
-        if cached is not None and cached[0] == key:
-            # an inference-mode tensor must not reach code that may save it for backward
-            if not cached[1].is_inference() or torch.is_inference_mode_enabled():
-                return cached[1]
-        with torch.no_grad():
-            w = self._compute_weight(v, g)
-        self.__dict__["_wn_cache"] = (key, w)
-        return w
+        return cached(self, "_wn_cache", (v, g), lambda: self._compute_weight(v, g),
+                      getattr(self, "channels_last", False))
 
     def _compute_weight(self, v: Tensor, g: Tensor) -> Tensor:
         w = _weight_norm(v, g)
         if getattr(self, "channels_last", False) and w.dim() == 4:
             w = w.contiguous(memory_format=torch.channels_last)
         return w
+
+
+def cached(module: nn.Module, name: str, inputs: tuple[Tensor, ...], compute, *extra):
+    """``compute()`` (a tensor or a tuple of tensors, computed without autograd), stored on
+    ``module`` under ``name`` and reused until one of ``inputs`` changes: in-place optimizer steps
+    and ``load_state_dict`` bump their version counters, ``.to()`` makes new tensors. Under
+    autocast the result is kept in the autocast dtype, the cast the convolution or matmul would
+    otherwise repeat on every call.
+
+    For derived weights in evaluation; the caller makes sure no gradient is wanted.
+    """
+    ref = inputs[0]
+    cast = None
+    if ref.dtype == torch.float32 and torch.is_autocast_enabled(ref.device.type):  # as autocast
+        cast = torch.get_autocast_dtype(ref.device.type)
+    key = (tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in inputs), cast, extra)
+    hit = module.__dict__.get(name)
+    if hit is not None and hit[0] == key:
+        # an inference-mode tensor must not reach code that may save it for backward
+        first = hit[1][0] if isinstance(hit[1], tuple) else hit[1]
+        if not first.is_inference() or torch.is_inference_mode_enabled():
+            return hit[1]
+    with torch.no_grad():
+        out = compute()
+        if cast is not None:
+            out = tuple(t.to(cast) for t in out) if isinstance(out, tuple) else out.to(cast)
+    module.__dict__[name] = (key, out)
+    return out
 
 
 def _weight_norm(v: Tensor, g: Tensor) -> Tensor:
