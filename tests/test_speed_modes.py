@@ -362,10 +362,10 @@ def test_folded_batch_norm_in_evaluation_matches_the_unfolded_network(dtype):
     for _ in range(2):
         with torch.no_grad():
             folded = model.log_prob(x)
+        assert any("_fold_cache" in m.__dict__ for m in model.modules())
         with torch.enable_grad():
             unfolded = model.log_prob(x).detach()
         torch.testing.assert_close(folded, unfolded, **tol)
-        assert any("_fold_cache" in m.__dict__ for m in model.modules())
         with torch.no_grad():  # the cache must notice this
             for m in model.modules():
                 if isinstance(m, nn.BatchNorm2d):
@@ -376,3 +376,30 @@ def test_folded_batch_norm_in_evaluation_matches_the_unfolded_network(dtype):
         with precision.autocast("cpu", "bf16"):
             low = model.log_prob(x.float())
     assert (low - ref).abs().max() / ref.abs().max() < 0.02
+
+
+@pytest.mark.parametrize("optimizer", ["adam-fused", "sgd-fused", "adam"])
+def test_cached_eval_weights_follow_fused_optimizer_steps(optimizer):
+    """Fused optimizers update parameters without bumping their version counters, and batch norm
+    updates its running averages inside its kernel; evaluation after a training step must still
+    see the new weights and statistics (the caches are dropped by every training forward pass)."""
+    torch.manual_seed(0)
+    model = perturb(MODELS["image-3x8x8"](), 0.05)
+    x = _data(model, 8, torch.float32)
+    opt = {"adam-fused": lambda p: torch.optim.Adam(p, lr=1e-2, fused=True),
+           "sgd-fused": lambda p: torch.optim.SGD(p, lr=1e-2, fused=True),
+           "adam": lambda p: torch.optim.Adam(p, lr=1e-2)}[optimizer](model.parameters())
+    for _ in range(3):
+        model.eval()
+        with torch.no_grad():
+            cached_result = model.log_prob(x)
+        fresh = copy.deepcopy(model)
+        for m in fresh.modules():
+            m.__dict__.pop("_wn_cache", None)
+            m.__dict__.pop("_fold_cache", None)
+        with torch.no_grad():
+            torch.testing.assert_close(cached_result, fresh.log_prob(x), rtol=1e-6, atol=1e-5)
+        model.train()
+        opt.zero_grad()
+        (-model.log_prob(x).mean()).backward()
+        opt.step()

@@ -16,8 +16,9 @@ from .masks import Mask
 
 
 def _per_channel(p: Tensor, ndim: int) -> Tensor:
-    """Reshape a (C,) parameter to broadcast against a (B, C, ...) tensor of ``ndim`` dims."""
-    return p.view(1, -1, *([1] * (ndim - 2)))
+    """Reshape a (C,) parameter to broadcast against a (B, C, ...) tensor of ``ndim`` dims
+    (as is against (B, C): a reshape would be one more autograd node per coupling and step)."""
+    return p if ndim == 2 else p.view(1, -1, *([1] * (ndim - 2)))
 
 
 class _Coupling(Bijector):

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .norm import BatchNorm2d
-from .weightnorm import WNConv2d, cached
+from .weightnorm import WNConv2d, cached, forget
 
 
 class ResidualBlock(nn.Module):
@@ -40,6 +40,7 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.net[3].training or torch.is_grad_enabled():
+            forget(self, "_fold_cache")
             return x + self.net(x)
         # Evaluation and sampling: the second batch norm uses its running averages, a fixed
         # per-channel affine map, so it folds into the convolution before it (one pass over the

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 
 class _WeightNormMixin:
+    channels_last: bool = False  # convolutions override this
     def _init_weight_norm(self, init_scale: float) -> None:
         # Start with w equal to the default-initialised weight (times init_scale).
         v = self.weight.detach().clone()
@@ -32,25 +33,29 @@ class _WeightNormMixin:
         """
         v, g = self.weight_v, self.weight_g
         if torch.is_grad_enabled() and (v.requires_grad or g.requires_grad):
+            forget(self, "_wn_cache")
             return self._compute_weight(v, g)
-        return cached(self, "_wn_cache", (v, g), lambda: self._compute_weight(v, g),
-                      getattr(self, "channels_last", False))
+        return cached(self, "_wn_cache", (v, g), lambda: self._compute_weight(v, g), self.channels_last)
 
     def _compute_weight(self, v: Tensor, g: Tensor) -> Tensor:
         w = _weight_norm(v, g)
-        if getattr(self, "channels_last", False) and w.dim() == 4:
+        if w.dim() == 4 and self.channels_last:
             w = w.contiguous(memory_format=torch.channels_last)
         return w
 
 
 def cached(module: nn.Module, name: str, inputs: tuple[Tensor, ...], compute, *extra):
     """``compute()`` (a tensor or a tuple of tensors, computed without autograd), stored on
-    ``module`` under ``name`` and reused until one of ``inputs`` changes: in-place optimizer steps
-    and ``load_state_dict`` bump their version counters, ``.to()`` makes new tensors. Under
-    autocast the result is kept in the autocast dtype, the cast the convolution or matmul would
-    otherwise repeat on every call.
+    ``module`` under ``name`` and reused until one of ``inputs`` changes. Under autocast the
+    result is kept in the autocast dtype, the cast the convolution or matmul would otherwise
+    repeat on every call. For derived weights in evaluation; the caller makes sure no gradient
+    is wanted.
 
-    For derived weights in evaluation; the caller makes sure no gradient is wanted.
+    A change is seen by the inputs' version counters (bumped by in-place edits and
+    ``load_state_dict``) and storage (``.to()``), but fused optimizers (``Adam(fused=True)``)
+    update parameters without bumping versions, and batch norm updates its running averages
+    inside its kernel: so callers also :func:`forget` the cache on every training-mode or
+    gradient-recording forward pass, which any such update follows.
     """
     ref = inputs[0]
     cast = None
@@ -69,6 +74,11 @@ def cached(module: nn.Module, name: str, inputs: tuple[Tensor, ...], compute, *e
             out = tuple(t.to(cast) for t in out) if isinstance(out, tuple) else out.to(cast)
     module.__dict__[name] = (key, out)
     return out
+
+
+def forget(module: nn.Module, name: str) -> None:
+    """Drop what :func:`cached` stored on ``module`` under ``name``."""
+    module.__dict__.pop(name, None)
 
 
 def _weight_norm(v: Tensor, g: Tensor) -> Tensor:
