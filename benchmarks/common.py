@@ -83,13 +83,14 @@ def _adam(model):
     return torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
 
 
-def ours(wl: dict, prec: str = "fp32", memory_saving: bool = False, batch_norm: bool = True) -> Variant:
+def ours(wl: dict, prec: str = "fp32", memory_saving: bool = False, batch_norm: bool = True,
+         weight_norm: bool = True) -> Variant:
     torch.manual_seed(0)
     if wl["kind"] == "image":
         model = RealNVP(wl["shape"], **wl["model"], memory_saving=memory_saving)
     else:
         model = VectorRealNVP(wl["dim"], **wl["model"], memory_saving=memory_saving,
-                              batch_norm=batch_norm)
+                              batch_norm=batch_norm, weight_norm=weight_norm)
     opt = _adam(model)
 
     def train(x):
@@ -109,8 +110,11 @@ def ours(wl: dict, prec: str = "fp32", memory_saving: bool = False, batch_norm: 
 
     name = f"realnvp {prec}" + (" memory-saving" if memory_saving else "")
     label = "this package" + (", memory-saving backprop" if memory_saving else "")
-    note = "" if batch_norm else "batch_norm=False: no batch norm between couplings, as zuko/FrEIA/normflows"
-    note = note.replace("as zuko", "as in zuko")
+    note = "" if batch_norm else "batch_norm=False: no batch norm between couplings"
+    if not weight_norm:
+        note += ", weight_norm=False: plain linear layers"
+    if note:
+        note += " (the architecture of zuko, FrEIA and normflows)"
     return Variant(name, label, model, train, None if memory_saving else evaluate,
                    None if memory_saving else sample, precision=prec, note=note)
 
@@ -190,12 +194,15 @@ def vector_peer(wl: dict, lib: str) -> Variant:
 
 def build(wl_name: str, variant: str) -> Variant:
     """``variant``: realnvp-fp32, realnvp-bf16, realnvp-fp32-memsave, realnvp-bf16-memsave,
-    realnvp-fp32-nobn (vector flows without batch norm),
+    realnvp-fp32-nobn (vector flows without batch norm), realnvp-fp32-plain (without batch norm
+    and without weight norm: the peers' architecture),
     chrischute-fp32, chrischute-bf16, nflows, zuko, FrEIA, normflows."""
     wl = WORKLOADS[wl_name]
     parts = variant.split("-")
     if parts[0] == "realnvp":
-        return ours(wl, parts[1], memory_saving="memsave" in parts[2:], batch_norm="nobn" not in parts[2:])
+        plain = "plain" in parts[2:]
+        return ours(wl, parts[1], memory_saving="memsave" in parts[2:],
+                    batch_norm=not (plain or "nobn" in parts[2:]), weight_norm=not plain)
     if parts[0] == "chrischute":
         return chrischute(wl, parts[1])
     return vector_peer(wl, variant)

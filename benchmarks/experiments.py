@@ -3,6 +3,8 @@
     python benchmarks/experiments.py channels-last   # WNConv2d.channels_last on/off
     python benchmarks/experiments.py threads         # 1 vs 2 intra-op threads
     python benchmarks/experiments.py compile         # torch.compile, its compile time included
+    python benchmarks/experiments.py fold            # eval/sampling with and without batch-norm folding
+    python benchmarks/experiments.py phases --workload toy-2d   # forward/backward/optimizer vs FrEIA
 
 Each pair is timed alternately (A, B, A, B, ...) and reported as medians and the median of the
 per-pair ratios. ``--cpu-time`` measures process CPU time instead of wall-clock time (steadier on
@@ -38,23 +40,47 @@ def alternate(a, b, pairs, clock):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["channels-last", "threads", "compile"])
+    p.add_argument("what", choices=["channels-last", "threads", "compile", "fold", "phases"])
     p.add_argument("--workload", default="digits", choices=sorted(WORKLOADS))
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--pairs", type=int, default=7)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--cpu-time", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     wl = WORKLOADS[args.workload]
     x = make_batch(wl, args.batch or wl["batch"])
     clock = time.process_time if args.cpu_time else time.perf_counter
+    if args.what == "phases":
+        return phases(args.workload, x, args.pairs * 30, args.precision)
     v = build(args.workload, f"realnvp-{args.precision}")
     v.model.train()
     step = lambda: v.train(x)
     step()
     print(f"{args.workload}, batch {len(x)}, {args.precision}, threads {torch.get_num_threads()}, "
           f"{'CPU' if args.cpu_time else 'wall'} time")
-    if args.what == "channels-last":
+    if args.what == "fold":
+        from realnvp.nets import resnet
+
+        folded, plain = resnet.ResidualBlock.forward, lambda self, h: h + self.net(h)
+        v.model.eval()
+
+        def infer(fold):
+            def f():
+                resnet.ResidualBlock.forward = folded if fold else plain
+                v.evaluate(x)
+                v.sample(len(x))
+            return f
+
+        try:
+            a, b, r = alternate(infer(True), infer(False), args.pairs, clock)
+        finally:
+            resnet.ResidualBlock.forward = folded
+        print(f"eval + sample: folded batch norm {a * 1e3:.1f} ms, unfolded {b * 1e3:.1f} ms: "
+              f"folded {r:.3f}x faster")
+    elif args.what == "channels-last":
 
         def layout(flag):
             def f():
@@ -88,6 +114,42 @@ def main(argv=None):
               f"{first / max(b - a, 1e-9):.0f} steps" if b > a else
               f"torch.compile: first step {first:.1f} s, then {a * 1e3:.1f} ms vs eager {b * 1e3:.1f} ms "
               f"(not faster)")
+
+
+def phases(wl_name, x, steps, prec):
+    """Median milliseconds of the forward pass (loss), backward pass and optimizer step, ours
+    (default; without batch norm; without batch norm and weight norm) against FrEIA, interleaved
+    step by step."""
+    import common
+
+    names = [f"realnvp-{prec}", f"realnvp-{prec}-nobn", f"realnvp-{prec}-plain", "FrEIA"]
+    runs = {}
+    for n in names:
+        v = build(wl_name, n)
+        v.model.train()
+        log_prob = (lambda m: lambda y: common._freia_log_prob(m, y))(v.model) if n == "FrEIA" \
+            else v.model.log_prob
+        runs[n] = (v, torch.optim.Adam(v.model.parameters(), lr=1e-3, fused=True), log_prob, ([], [], []))
+    for _ in range(steps):
+        for _v, opt, log_prob, ts in runs.values():
+            opt.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            with common.precision.autocast("cpu", "fp32" if _v.peer else prec):
+                loss = -log_prob(x).mean()
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            opt.step()
+            t3 = time.perf_counter()
+            for acc, d in zip(ts, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                acc.append(d)
+    print(f"{wl_name}, batch {len(x)}, threads {torch.get_num_threads()}, {steps} steps, median ms")
+    print("| variant | forward | backward | optimizer | total | parameter tensors |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for n, (v, _, _, ts) in runs.items():
+        med = [statistics.median(t) * 1e3 for t in ts]
+        print(f"| {n} | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.2f} | {sum(med):.2f} | "
+              f"{len(list(v.model.parameters()))} |")
 
 
 if __name__ == "__main__":

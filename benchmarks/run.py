@@ -62,7 +62,7 @@ def variants_for(wl_name: str, size: str) -> list[str]:
         if size == "full":
             names += ["realnvp-bf16-memsave", "chrischute-bf16"]
         return names
-    return ["realnvp-fp32", "realnvp-fp32-nobn", "realnvp-bf16", "realnvp-fp32-memsave", "nflows", "zuko",
+    return ["realnvp-fp32", "realnvp-fp32-plain", "realnvp-bf16", "realnvp-fp32-memsave", "nflows", "zuko",
             "FrEIA", "normflows"]
 
 

@@ -107,6 +107,24 @@ def test_toy_data_trains_and_plots(tmp_path, capsys):
     assert code == 2 and "image model" in err
 
 
+def test_plain_vector_architecture_trains_and_reloads(tmp_path, capsys):
+    """``weight_norm=false`` and ``batch_norm=false``: the FrEIA/zuko-style architecture, saved,
+    reloaded from the run's configuration and evaluated."""
+    from realnvp.runs import load_run
+
+    out = tmp_path / "plain"
+    code, _, _ = run(capsys, "train", "--data", "toy:8gaussians", "--epochs", "1", "--batch-size",
+                     "512", "--out", out, "--set", "num_couplings=2", "--set", "hidden=16",
+                     "--set", "weight_norm=false", "--set", "batch_norm=false",
+                     "--set", "num_samples=100", "--quiet")
+    assert code == 0
+    model = load_run(out).model
+    names = [n for n, _ in model.named_parameters()]
+    assert not any("weight_g" in n for n in names) and any(n.endswith(".weight") for n in names)
+    code, stdout, _ = run(capsys, "eval", out)
+    assert code == 0 and "nats" in stdout
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -19,6 +19,9 @@ CONFIGS = {
         logit_alpha=None),
     "vector-6": lambda: VectorRealNVP(6, num_couplings=4, hidden=16),
     "vector-2-additive": lambda: VectorRealNVP(2, num_couplings=4, hidden=16, coupling="additive"),
+    # the plain architecture of FrEIA / zuko / normflows: no batch norm, no weight norm
+    "vector-5-plain": lambda: VectorRealNVP(5, num_couplings=3, hidden=16, batch_norm=False,
+                                            weight_norm=False),
 }
 
 

@@ -37,6 +37,8 @@ MODELS = {
                                    batch_norm=False),
     "vector-6": lambda: VectorRealNVP(6, num_couplings=4, hidden=16),
     "vector-5-additive": lambda: VectorRealNVP(5, num_couplings=3, hidden=8, coupling="additive"),
+    "vector-5-plain": lambda: VectorRealNVP(5, num_couplings=3, hidden=8, batch_norm=False,
+                                            weight_norm=False),
 }
 
 

@@ -37,6 +37,7 @@ class Config:
     num_couplings: int = 8
     hidden: int = 128
     num_layers: int = 2
+    weight_norm: bool = True  # weight-normalised MLP layers (False: plain nn.Linear)
     # optimisation (paper / authors' code)
     epochs: int = 15
     batch_size: int = 64

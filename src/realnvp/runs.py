@@ -38,7 +38,7 @@ def build_model(cfg: Config, info: DataInfo) -> Flow:
             )
         return VectorRealNVP(
             info.dim, num_couplings=cfg.num_couplings, hidden=cfg.hidden, num_layers=cfg.num_layers,
-            coupling=cfg.coupling, batch_norm=cfg.batch_norm,
+            coupling=cfg.coupling, batch_norm=cfg.batch_norm, weight_norm=cfg.weight_norm,
         )
     except ValueError as e:
         raise ConfigError(f"cannot build the model for {info.name} {info.shape}: {e}") from e
