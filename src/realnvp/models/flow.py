@@ -133,7 +133,7 @@ class Flow(nn.Module):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         device, dtype = self._reference()
         z = torch.randn(n, self.num_dims, device=device, dtype=dtype, generator=generator)
-        return self.decode(z * temperature)
+        return self.decode(z if temperature == 1.0 else z * temperature)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator=None) -> Tensor:
