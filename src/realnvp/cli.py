@@ -11,6 +11,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,7 +51,8 @@ def _writable_file(path: str) -> Path:
 def _writable_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".probe"
+        # one probe per process: under torchrun every rank probes the same folder at once
+        probe = path / f".probe-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -123,8 +125,11 @@ def cmd_train(args) -> int:
         result = train(cfg, run_dir, resume=resume, overrides=overrides if resume else None,
                        quiet=args.quiet)
     except BaseException:
-        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # a run that failed before writing anything leaves no empty folder
+        # a run that failed before writing anything leaves no empty folder (rank 0 alone tidies
+        # up under torchrun, so no rank removes a folder another one is about to write into)
+        if created and os.environ.get("RANK", "0") == "0" and run_dir.is_dir() \
+                and not any(run_dir.iterdir()):
+            run_dir.rmdir()
         raise
     if result:
         _print_eval(result, prefix=f"{cfg.data} test")
