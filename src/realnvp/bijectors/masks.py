@@ -106,10 +106,10 @@ class Halves(Mask):
         return (b, a) if self.flip else (a, b)
 
     def condition(self, x: Tensor) -> Tensor:
-        return x[:, self.k :] if self.flip else x[:, : self.k]
+        return self.split(x)[0]
 
     def active(self, x: Tensor) -> Tensor:
-        return x[:, : self.k] if self.flip else x[:, self.k :]
+        return self.split(x)[1]
 
     def merge(self, x: Tensor, active: Tensor, cond: Tensor | None = None) -> Tensor:
         if cond is None:

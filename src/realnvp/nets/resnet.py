@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .evalcache import cached, forget
 from .norm import BatchNorm2d
-from .weightnorm import WNConv2d, cached, forget
+from .weightnorm import WNConv2d
 
 
 class ResidualBlock(nn.Module):
