@@ -78,6 +78,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--mnist-npz", default=None)
     p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on either)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="initialisation and batch-order seed (shared by every precision of the run; the "
+                        "test set's dequantization noise does not depend on it)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -93,7 +96,7 @@ def main(argv=None):
     test_noise = torch.rand(x_test.shape, generator=torch.Generator().manual_seed(1))
     runs = {}
     for prec in precs:
-        torch.manual_seed(0)
+        torch.manual_seed(args.seed)
         model = RealNVP(cfg["shape"], **cfg["model"]).to(device)
         if prec == "fp32-perturbed":
             # the round-off noise floor: fp32 again, from an initialisation that differs from
@@ -105,9 +108,9 @@ def main(argv=None):
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         runs[prec] = dict(model=model, opt=opt, curve=[], train_time=0.0)
     deq = Dequantize(levels)
-    gen = torch.Generator().manual_seed(2)
+    gen = torch.Generator().manual_seed(2 + 1000 * args.seed)
     t_start = time.perf_counter()
-    result = dict(data=args.data, batch=args.batch, threads=torch.get_num_threads(), curves={},
+    result = dict(data=args.data, seed=args.seed, batch=args.batch, threads=torch.get_num_threads(), curves={},
                   device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   torch=torch.__version__)
 

@@ -260,3 +260,46 @@ def test_mask_split_agrees_with_condition_and_active(mask, shape):
     assert cond.shape[1] == mask.in_features and active.shape[1] == mask.out_features
     assert torch.equal(mask.merge(x, active, cond), mask.merge(x, active))
     assert torch.equal(mask.merge(x, active), x)
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (5, 3, 2, 3), "channels-last"])
+def test_batchnorm_fused_training_step_matches_the_composite_map(shape, monkeypatch):
+    # training-mode BatchNorm runs as one autograd node (_BatchNormTrain) with a hand-written
+    # backward; under torchrun it takes the composite path (global statistics). Both must give
+    # the same outputs, log-dets, running averages and gradients, the log-det's own gradient
+    # through the batch statistics included.
+    from realnvp.bijectors import normalization
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64) if shape == "channels-last" else \
+        torch.randn(*shape, generator=g, dtype=torch.float64)
+    if shape == "channels-last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x * 2 + 0.5
+    w_y = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    w_ld = torch.randn(x.shape[0], generator=g, dtype=torch.float64)
+
+    def run(composite: bool):
+        monkeypatch.setattr(normalization, "_distributed", lambda: composite)
+        bn = perturb(BatchNorm(3, momentum=0.3).double())
+        xi = x.clone().requires_grad_(True)
+        y, ld = bn(xi)
+        ((y * w_y).sum() + (ld * w_ld).sum()).backward()
+        return [y, ld, bn.running_mean, bn.running_var, xi.grad, bn.log_gamma.grad, bn.beta.grad]
+
+    for fused, composite in zip(run(False), run(True), strict=True):
+        torch.testing.assert_close(fused, composite, rtol=1e-10, atol=1e-10)
+
+
+def test_batchnorm_fused_backward_passes_gradcheck():
+    from realnvp.bijectors.normalization import _BatchNormTrain
+
+    g = torch.Generator().manual_seed(1)
+    for shape in [(5, 2), (3, 2, 2, 3)]:
+        x = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+        lg = torch.randn(2, generator=g, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(2, generator=g, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda x, lg, b: _BatchNormTrain.apply(x, lg, b, 1e-4)[:2], (x, lg, b))
+        # the log-det alone, and the output alone (the other's gradient is None in backward)
+        assert torch.autograd.gradcheck(lambda x, lg, b: _BatchNormTrain.apply(x, lg, b, 1e-4)[1], (x, lg, b))
+        assert torch.autograd.gradcheck(lambda x, lg, b: _BatchNormTrain.apply(x, lg, b, 1e-4)[0], (x, lg, b))
