@@ -110,7 +110,8 @@ def main(argv=None):
     deq = Dequantize(levels)
     gen = torch.Generator().manual_seed(2 + 1000 * args.seed)
     t_start = time.perf_counter()
-    result = dict(data=args.data, seed=args.seed, batch=args.batch, threads=torch.get_num_threads(), curves={},
+    result = dict(data=args.data, seed=args.seed, batch=args.batch, threads=torch.get_num_threads(),
+                  curves={},
                   device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   torch=torch.__version__)
 
