@@ -28,6 +28,29 @@ import peers  # noqa: E402
 # Workloads
 # ---------------------------------------------------------------------------------------------
 
+#: where models, batches and timings live; ``run.py --device`` sets it through :func:`set_device`
+DEVICE = torch.device("cpu")
+
+
+def set_device(name: str) -> None:
+    """Run everything on ``name`` ("cpu", "cuda", "cuda:1"). On a GPU fp32 means fp32 (TF32 off,
+    for us and the peers alike) and cuDNN picks its fastest algorithms for the fixed shapes."""
+    global DEVICE
+    DEVICE = torch.device(name)
+    if DEVICE.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {name}: no CUDA device is available")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so that a clock read after it measures it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 WORKLOADS = {
     # the paper's CIFAR-10 model (§4.1): 2 scales, 8 residual blocks, 64 feature maps
     "cifar10": dict(kind="image", shape=(3, 32, 32), levels=256, batch=64,
@@ -50,8 +73,8 @@ def make_batch(wl: dict, batch: int, seed: int = 0) -> torch.Tensor:
     if wl["kind"] == "image":
         k = wl["levels"]
         x = torch.randint(0, k, (batch, *wl["shape"]), generator=g).float()
-        return (x + torch.rand(x.shape, generator=g)) / k
-    return torch.randn(batch, wl["dim"], generator=g)
+        return ((x + torch.rand(x.shape, generator=g)) / k).to(DEVICE)
+    return torch.randn(batch, wl["dim"], generator=g).to(DEVICE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,21 +114,22 @@ def ours(wl: dict, prec: str = "fp32", memory_saving: bool = False, batch_norm: 
     else:
         model = VectorRealNVP(wl["dim"], **wl["model"], memory_saving=memory_saving,
                               batch_norm=batch_norm, weight_norm=weight_norm)
+    model.to(DEVICE)
     opt = _adam(model)
 
     def train(x):
         opt.zero_grad(set_to_none=True)
-        with precision.autocast("cpu", prec):
+        with precision.autocast(DEVICE, prec):
             loss = -model.log_prob(x).mean()
         loss.backward()
         opt.step()
 
     def evaluate(x):
-        with torch.no_grad(), precision.autocast("cpu", prec):
+        with torch.no_grad(), precision.autocast(DEVICE, prec):
             return model.log_prob(x)
 
     def sample(n):
-        with precision.autocast("cpu", prec):
+        with precision.autocast(DEVICE, prec):
             return model.sample(n)
 
     name = f"realnvp {prec}" + (" memory-saving" if memory_saving else "")
@@ -124,22 +148,22 @@ def chrischute(wl: dict, prec: str = "fp32") -> Variant:
     c = wl["shape"][0]
     m = wl["model"]
     model = peers.ChrischuteRealNVP(m["num_scales"], c, m["hidden_channels"], m["num_blocks"],
-                                    num_levels=wl["levels"])
+                                    num_levels=wl["levels"]).to(DEVICE)
     opt = _adam(model)
 
     def train(x):
         opt.zero_grad(set_to_none=True)
-        with precision.autocast("cpu", prec):
+        with precision.autocast(DEVICE, prec):
             loss = model.nll(x).mean()
         loss.backward()
         opt.step()
 
     def evaluate(x):
-        with torch.no_grad(), precision.autocast("cpu", prec):
+        with torch.no_grad(), precision.autocast(DEVICE, prec):
             return -model.nll(x)
 
     def sample(n):
-        with precision.autocast("cpu", prec):
+        with precision.autocast(DEVICE, prec):
             return model.sample(n, wl["shape"])
 
     return Variant(f"chrischute {prec}", "chrischute/real-nvp structure, re-implemented in "
@@ -157,14 +181,14 @@ def vector_peer(wl: dict, lib: str) -> Variant:
     d, m = wl["dim"], wl["model"]
     builder = {"nflows": peers.nflows_realnvp, "zuko": peers.zuko_realnvp,
                "FrEIA": peers.freia_realnvp, "normflows": peers.normflows_realnvp}[lib]
-    model = builder(d, m["num_couplings"], m["hidden"])
+    model = builder(d, m["num_couplings"], m["hidden"]).to(DEVICE)
     if lib == "zuko":
         log_prob = lambda x: model().log_prob(x)
         draw = lambda n: model().sample((n,))
         note = "no batch norm between couplings; soft-clipped affine scale"
     elif lib == "FrEIA":
         log_prob = lambda x: _freia_log_prob(model, x)
-        draw = lambda n: model(torch.randn(n, d), rev=True)[0]
+        draw = lambda n: model(torch.randn(n, d, device=DEVICE), rev=True)[0]
         note = "GLOWCouplingBlock (2 couplings each); no batch norm"
     elif lib == "normflows":
         log_prob = model.log_prob
@@ -239,8 +263,10 @@ def count_flops(fn, *args) -> int:
 
 
 def _calls_per_sample(fn, arg, target_s: float) -> int:
+    sync()
     t = time.perf_counter()
     fn(arg)
+    sync()
     dt = time.perf_counter() - t
     return max(1, int(target_s / max(dt, 1e-6)))
 
@@ -255,9 +281,11 @@ def interleaved(fns: dict, arg, rounds: int, target_s: float = 0.3) -> dict[str,
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for k in order:
+            sync()
             t = time.perf_counter()
             for _ in range(reps[k]):
                 fns[k](arg)
+            sync()
             times[k].append((time.perf_counter() - t) / reps[k])
     return times
 
@@ -275,15 +303,15 @@ def conv_ceiling(prec: str, rounds: int = 5, batch: int = 32, channels: int = 12
     out = {}
     fns = {}
     for layout in ("nchw", "channels_last"):
-        conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
-        x = torch.randn(batch, channels, size, size)
+        conv = torch.nn.Conv2d(channels, channels, 3, padding=1).to(DEVICE)
+        x = torch.randn(batch, channels, size, size, device=DEVICE)
         if layout == "channels_last":
             conv = conv.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_(True)
 
         def step(_, conv=conv, x=x):
-            with precision.autocast("cpu", prec):
+            with precision.autocast(DEVICE, prec):
                 y = conv(x)
             y.backward(torch.ones_like(y))
 
@@ -306,7 +334,7 @@ def peak_memory_probe(wl_name: str, variant: str, batch: int) -> dict:
     step itself needed. The optimizer state and gradients are allocated first by a batch-2 step."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     cmd = [sys.executable, os.path.join(HERE, "run.py"), "--memory-probe", wl_name, variant,
-           str(batch), "--threads", str(torch.get_num_threads())]
+           str(batch), "--threads", str(torch.get_num_threads()), "--device", str(DEVICE)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     for line in res.stdout.splitlines()[::-1]:
         if line.startswith("{"):
@@ -331,6 +359,15 @@ def memory_probe_main(wl_name: str, variant: str, batch: int) -> None:
     import gc
 
     gc.collect()
+    if DEVICE.type == "cuda":  # the allocator's own count: what the step allocated above the model
+        sync()
+        base = torch.cuda.memory_allocated(DEVICE)
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        v.train(x)
+        sync()
+        peak = torch.cuda.max_memory_allocated(DEVICE)
+        print(json.dumps({"peak_mb": (peak - base) / 2**20, "method": "cuda max_memory_allocated"}))
+        return
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak-RSS counter (Linux >= 4.0)
@@ -355,6 +392,7 @@ def environment() -> dict:
     except OSError:
         flags = ""
     isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f" {f}" in flags]
+    gpu = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else None
     return dict(torch=torch.__version__, python=platform.python_version(), cpu=cpu,
-                cores=os.cpu_count(), threads=torch.get_num_threads(), isa=isa,
-                bf16_native=precision.bf16_supported("cpu"), load=os.getloadavg())
+                cores=os.cpu_count(), threads=torch.get_num_threads(), isa=isa, device=str(DEVICE),
+                gpu=gpu, bf16_native=precision.bf16_supported(DEVICE), load=os.getloadavg())

@@ -276,7 +276,7 @@ class ChrischuteRealNVP(nn.Module):
 
     @torch.no_grad()
     def sample(self, n, shape):
-        z = torch.randn((n, *shape))
+        z = torch.randn((n, *shape), device=next(self.parameters()).device)
         x, _ = self(z, reverse=True)
         return torch.sigmoid(x)
 

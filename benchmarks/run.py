@@ -3,6 +3,7 @@
     python benchmarks/run.py            # default size, < 10 minutes on 2 cores
     python benchmarks/run.py --quick    # smoke run, ~2 minutes
     python benchmarks/run.py --full     # more rounds, bf16 peers, bf16 + memory-saving
+    python benchmarks/run.py --device cuda   # the same tables on a GPU (fp32 with TF32 off; bf16)
 
 Prints one table per workload (markdown), the ceiling, and the targets of issue 5 with met / not
 met. Times are medians over interleaved rounds; ratios ("x peer") are medians of per-round ratios
@@ -23,6 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import common  # noqa: E402
 from common import (  # noqa: E402
     WORKLOADS,
     build,
@@ -215,12 +217,15 @@ def main(argv=None):
                    help="comma-separated subset of " + ", ".join(WORKLOADS))
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; peak memory on a GPU is "
+                   "the allocator's peak above the model, on the CPU the process's resident memory")
     p.add_argument("--json", help="also write all numbers to this JSON file")
     p.add_argument("--memory-probe", nargs=3, metavar=("WORKLOAD", "VARIANT", "BATCH"),
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    common.set_device(args.device)
     if args.memory_probe:
         wl, var, b = args.memory_probe
         memory_probe_main(wl, var, int(b))
@@ -228,10 +233,12 @@ def main(argv=None):
     t0 = time.perf_counter()
     env = environment()
     cmd = "python benchmarks/run.py" + {"default": "", "quick": " --quick", "full": " --full"}[args.size]
+    if args.device != "cpu":
+        cmd += f" --device {args.device}"
     print(f"# realnvp benchmarks — `{cmd}` — {datetime.date.today()}\n")
     print(f"torch {env['torch']}, {env['cpu']}, {env['cores']} cores, {env['threads']} intra-op threads, "
-          f"ISA {'/'.join(env['isa'])}, native bf16: {env['bf16_native']}; load average at start "
-          f"{env['load'][0]:.2f}")
+          f"ISA {'/'.join(env['isa'])}; device {env['device']}" + (f" ({env['gpu']})" if env["gpu"] else "")
+          + f", native bf16: {env['bf16_native']}; load average at start {env['load'][0]:.2f}")
     rounds = {"quick": 3, "default": 5, "full": 9}[args.size]
     ceilings = {prec: conv_ceiling(prec, rounds) for prec in ("fp32", "bf16")}
     print("\n### Ceiling\n")
