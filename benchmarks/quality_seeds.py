@@ -73,8 +73,19 @@ def main(argv=None):
     print(f"largest |mean difference| after step 0: {abs(worst['diff']):.4f} at step {worst['step']} "
           f"(± {worst['se']:.4f}); {inside} of {len(trained)} points within ±{args.band}; "
           f"mean over the curve {statistics.fmean(r['diff'] for r in trained):+.4f}")
+    best = [best_pair(r, args.other) for r in results]
+    d = [b - a for a, b in best]
+    mean_fp32, mean_other = statistics.fmean(a for a, _ in best), statistics.fmean(b for _, b in best)
+    se = statistics.stdev(d) / math.sqrt(len(d))
+    print(f"best test bits/dim of each run (early stopping), mean over seeds: fp32 {mean_fp32:.4f}, "
+          f"{args.other} {mean_other:.4f}; paired difference {statistics.fmean(d):+.4f} ± {se:.4f} (SE)")
     if args.out:
         _plot(rows, args, sorted(data), len(results))
+
+
+def best_pair(result: dict, other: str) -> tuple[float, float]:
+    """The lowest test bits/dim along the fp32 curve and along the ``other`` curve of one run."""
+    return tuple(min(e["test_bpd_fp32_eval"] for e in result["curves"][k]) for k in ("fp32", other))
 
 
 def _plot(rows, args, data, n):
