@@ -4,7 +4,6 @@
     python benchmarks/experiments.py threads         # 1 vs 2 intra-op threads
     python benchmarks/experiments.py compile         # torch.compile, its compile time included
     python benchmarks/experiments.py fold            # eval/sampling with and without batch-norm folding
-    python benchmarks/experiments.py bn-fused --workload toy-2d # batch norm as one autograd node
     python benchmarks/experiments.py phases --workload toy-2d   # forward/backward/optimizer vs FrEIA
 
 Each pair is timed alternately (A, B, A, B, ...) and reported as medians and the median of the
@@ -41,7 +40,7 @@ def alternate(a, b, pairs, clock):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["channels-last", "threads", "compile", "fold", "bn-fused", "phases"])
+    p.add_argument("what", choices=["channels-last", "threads", "compile", "fold", "phases"])
     p.add_argument("--workload", default="digits", choices=sorted(WORKLOADS))
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--pairs", type=int, default=7)
@@ -81,29 +80,6 @@ def main(argv=None):
             resnet.ResidualBlock.forward = folded
         print(f"eval + sample: folded batch norm {a * 1e3:.1f} ms, unfolded {b * 1e3:.1f} ms: "
               f"folded {r:.3f}x faster")
-    elif args.what == "bn-fused":
-        from realnvp.bijectors import normalization
-
-        fused_switch = normalization._distributed
-        t = time.perf_counter()
-        step()
-        reps = max(1, int(0.1 / (time.perf_counter() - t)))  # ~0.1 s a sample: small models too
-
-        def bn(fused):
-            def f():
-                # the composite path is the one torchrun takes (global statistics), here with
-                # local ones: the same map in ~10 autograd nodes per layer instead of one
-                normalization._distributed = fused_switch if fused else (lambda: True)
-                for _ in range(reps):
-                    step()
-            return f
-
-        try:
-            a, b, r = alternate(bn(True), bn(False), args.pairs, clock)
-        finally:
-            normalization._distributed = fused_switch
-        print(f"training step: fused batch norm {a / reps * 1e3:.2f} ms, composite {b / reps * 1e3:.2f} ms: "
-              f"fused {r:.3f}x faster")
     elif args.what == "channels-last":
 
         def layout(flag):

@@ -10,9 +10,8 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
-from ..syncstats import _distributed, batch_var_mean
+from ..syncstats import batch_var_mean
 from .base import Bijector
 
 
@@ -51,54 +50,6 @@ def _channel_affine(x: Tensor, shift_in: Tensor, log_scale: Tensor, shift_out: T
         log_det = log_det * _positions(x)
     log_det = log_det.to(torch.promote_types(x.dtype, torch.float32)).expand(x.shape[0])
     return out, -log_det if inverse else log_det
-
-
-class _BatchNormTrain(torch.autograd.Function):
-    """Training-mode batch norm with its log-det, as one autograd node.
-
-    ``(x, log_gamma, beta) -> (y, log_det, mean, var)`` with ``y = (x − μ)/sqrt(σ² + ε)·γ + β``
-    (``γ = exp(log_gamma)``), the scalar ``log_det = Σ_c (log γ_c − ½ log(σ_c² + ε))·H·W`` and
-    the batch statistics (biased variance; no gradient). The same map as the composite of
-    elementary operations, written out because that composite is ~10 autograd nodes per layer
-    and step, which small vector flows feel: one fused forward and one fused backward
-    (``native_batch_norm[_backward]``) plus the log-det's own term,
-    ``∂/∂x of −½·H·W·Σ_c log(σ_c² + ε) = −(H·W/N)·(x − μ)/(σ² + ε)``.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, log_gamma: Tensor, beta: Tensor, eps: float):
-        gamma = torch.exp(log_gamma)
-        y, mean, invstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, eps)
-        log_det = (log_gamma.sum() + torch.log(invstd).sum()) * _positions(x)
-        var = invstd.pow(-2).sub_(eps).clamp_min_(0)
-        ctx.save_for_backward(x, gamma, mean, invstd)
-        ctx.eps = eps
-        ctx.mark_non_differentiable(mean, var)
-        return y, log_det, mean, var
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_y: Tensor, g_log_det: Tensor, _g_mean, _g_var):
-        x, gamma, mean, invstd = ctx.saved_tensors
-        if g_y is None:
-            g_y = torch.zeros_like(x)
-        need = ctx.needs_input_grad
-        g_x, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
-            g_y, x, gamma, None, None, mean, invstd, True, ctx.eps, [need[0], need[1], need[2]]
-        )
-        g_log_gamma = None
-        if g_log_det is not None:
-            g_scale = g_log_det * _positions(x)  # dL/dlog_det times H*W: the per-channel log-scale's
-            if need[0]:
-                k = g_scale * invstd.square() / (x.numel() // x.shape[1])
-                g_x = g_x.addcmul_(x, _view(k, x), value=-1).add_(_view(k * mean, x))
-        else:
-            g_scale = None
-        if need[1]:
-            g_log_gamma = g_gamma * gamma
-            if g_scale is not None:
-                g_log_gamma = g_log_gamma + g_scale
-        return g_x, g_log_gamma, g_beta, None
 
 
 def _check_channels(x: Tensor, channels: int, name: str) -> None:
@@ -141,24 +92,16 @@ class BatchNorm(Bijector):
         if not self.training:
             return self.running_mean.to(x.dtype), self.running_var.to(x.dtype)
         var, mean, count = batch_var_mean(x, _reduce_dims(x))
-        self._check_count(count, x)
-        self._record(mean, var)
-        return mean, var
-
-    def _check_count(self, count: int, x: Tensor) -> None:
         if count < 2:
             raise ValueError(
                 "BatchNorm in training mode needs more than one value per channel "
                 f"(got input of shape {tuple(x.shape)}); use a larger batch or eval mode"
             )
-
-    @torch.no_grad()
-    def _record(self, mean: Tensor, var: Tensor) -> None:
-        """Move the running averages towards a training batch's statistics and keep them for
-        :meth:`inverse`."""
-        self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
-        self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
         self._last_stats = (mean.detach(), var.detach())
+        return mean, var
 
     def _log_scale(self, var: Tensor) -> Tensor:
         """Per-channel log of the multiplier applied in the forward direction, shape (C,)."""
@@ -166,13 +109,6 @@ class BatchNorm(Bijector):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         _check_channels(x, self.channels, "BatchNorm")
-        if self.training and not _distributed():
-            self._check_count(x.numel() // x.shape[1], x)
-            y, log_det, mean, var = _BatchNormTrain.apply(
-                x, self.log_gamma.to(x.dtype), self.beta.to(x.dtype), self.eps
-            )
-            self._record(mean, var)
-            return y, log_det.to(torch.promote_types(x.dtype, torch.float32)).expand(x.shape[0])
         mean, var = self._stats(x)
         return _channel_affine(x, mean, self._log_scale(var), self.beta, inverse=False)
 
