@@ -21,12 +21,7 @@ def main(argv=None):
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=(2, 1))
+    fig, top, bottom = figure()
     for path in args.files:
         with open(path) as f:
             result = json.load(f)
@@ -41,17 +36,35 @@ def main(argv=None):
                 pairs = [(s, b - ref[s]) for s, b in zip(steps, bpd, strict=True) if s in ref]
                 bottom.plot(*zip(*pairs, strict=True), marker=".", color=line.get_color(),
                             label=f"{name} − fp32")
-    top.set_ylabel("test bits/dim")
-    top.legend(fontsize=8)
-    top.set_title(args.title or ", ".join(sorted({json.load(open(f))["data"] for f in args.files})))
-    bottom.axhspan(-0.01, 0.01, color="0.9", label="±0.01")
+    title = args.title or ", ".join(sorted({json.load(open(f))["data"] for f in args.files}))
+    finish(fig, top, bottom, title, args.out)
+
+
+def figure(band: float = 0.01):
+    """A figure with the learning curves' panel on top and, below, the differences' panel with
+    the ±``band`` bits/dim region shaded: ``(fig, top, bottom)``. Needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=(2, 1))
+    bottom.axhspan(-band, band, color="0.9", label=f"±{band}")
     bottom.axhline(0, color="0.5", linewidth=0.8)
+    return fig, top, bottom
+
+
+def finish(fig, top, bottom, title: str, out: str) -> None:
+    """Label both panels of :func:`figure` and write it to ``out`` (PNG)."""
+    top.set_ylabel("test bits/dim")
+    top.set_title(title)
+    top.legend(fontsize=8)
     bottom.set_xlabel("training step (batch 64)")
     bottom.set_ylabel("difference")
     bottom.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -89,32 +89,19 @@ def best_pair(result: dict, other: str) -> tuple[float, float]:
 
 
 def _plot(rows, args, data, n):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from plot_quality import figure, finish
 
     rows = [r for r in rows if r["step"] > 0]
     steps = [r["step"] for r in rows]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=(2, 1))
+    fig, top, bottom = figure(args.band)
     top.plot(steps, [r["fp32"] for r in rows], marker=".", label=f"fp32 (mean of {n} seeds)")
     top.plot(steps, [r["other"] for r in rows], marker=".", label=f"{args.other} (mean of {n} seeds)")
-    top.set_ylabel("test bits/dim")
-    top.set_title(", ".join(data))
-    top.legend(fontsize=8)
     diff = [r["diff"] for r in rows]
     se = [r["se"] for r in rows]
-    bottom.axhspan(-args.band, args.band, color="0.9", label=f"±{args.band}")
-    bottom.axhline(0, color="0.5", linewidth=0.8)
     bottom.fill_between(steps, [d - 2 * s for d, s in zip(diff, se, strict=True)],
                         [d + 2 * s for d, s in zip(diff, se, strict=True)], alpha=0.3, label="±2 SE")
     bottom.plot(steps, diff, marker=".", label=f"{args.other} − fp32, mean over seeds")
-    bottom.set_xlabel("training step (batch 64)")
-    bottom.set_ylabel("difference")
-    bottom.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    finish(fig, top, bottom, ", ".join(data), args.out)
 
 
 if __name__ == "__main__":
