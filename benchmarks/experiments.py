@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import common  # noqa: E402
 from common import WORKLOADS, build, make_batch  # noqa: E402
 from realnvp.nets import WNConv2d  # noqa: E402
 
@@ -31,8 +32,10 @@ def alternate(a, b, pairs, clock):
     ta, tb = [], []
     for _ in range(pairs):
         for f, ts in ((a, ta), (b, tb)):
+            common.sync()
             t = clock()
             f()
+            common.sync()
             ts.append(clock() - t)
     ratio = statistics.median(y / x for x, y in zip(ta, tb, strict=True))
     return statistics.median(ta), statistics.median(tb), ratio
@@ -47,9 +50,11 @@ def main(argv=None):
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--cpu-time", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (fp32 with TF32 off)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    common.set_device(args.device)
     wl = WORKLOADS[args.workload]
     x = make_batch(wl, args.batch or wl["batch"])
     clock = time.process_time if args.cpu_time else time.perf_counter
@@ -60,7 +65,7 @@ def main(argv=None):
     step = lambda: v.train(x)
     step()
     print(f"{args.workload}, batch {len(x)}, {args.precision}, threads {torch.get_num_threads()}, "
-          f"{'CPU' if args.cpu_time else 'wall'} time")
+          f"device {args.device}, {'CPU' if args.cpu_time else 'wall'} time")
     if args.what == "fold":
         from realnvp.nets import resnet
 
@@ -88,7 +93,12 @@ def main(argv=None):
                 step()
             return f
 
-        a, b, r = alternate(layout(True), layout(False), args.pairs, clock)
+        for flag in (True, False):  # warm-up: cuDNN picks its algorithms for each layout once
+            layout(flag)()
+        try:
+            a, b, r = alternate(layout(True), layout(False), args.pairs, clock)
+        finally:
+            WNConv2d.channels_last = None
         print(f"channels-last {a * 1e3:.1f} ms, NCHW {b * 1e3:.1f} ms: channels-last {r:.2f}x faster")
     elif args.what == "threads":
 
@@ -116,12 +126,15 @@ def main(argv=None):
               f"(not faster)")
 
 
+def _now() -> float:
+    common.sync()  # a GPU's queued work counts where it was queued
+    return time.perf_counter()
+
+
 def phases(wl_name, x, steps, prec):
     """Median milliseconds of the forward pass (loss), backward pass and optimizer step, ours
     (default; without batch norm; without batch norm and weight norm) against FrEIA, interleaved
     step by step."""
-    import common
-
     names = [f"realnvp-{prec}", f"realnvp-{prec}-nobn", f"realnvp-{prec}-plain", "FrEIA"]
     runs = {}
     for n in names:
@@ -133,14 +146,14 @@ def phases(wl_name, x, steps, prec):
     for _ in range(steps):
         for _v, opt, log_prob, ts in runs.values():
             opt.zero_grad(set_to_none=True)
-            t0 = time.perf_counter()
-            with common.precision.autocast("cpu", "fp32" if _v.peer else prec):
+            t0 = _now()
+            with common.precision.autocast(common.DEVICE, "fp32" if _v.peer else prec):
                 loss = -log_prob(x).mean()
-            t1 = time.perf_counter()
+            t1 = _now()
             loss.backward()
-            t2 = time.perf_counter()
+            t2 = _now()
             opt.step()
-            t3 = time.perf_counter()
+            t3 = _now()
             for acc, d in zip(ts, (t1 - t0, t2 - t1, t3 - t2), strict=True):
                 acc.append(d)
     print(f"{wl_name}, batch {len(x)}, threads {torch.get_num_threads()}, {steps} steps, median ms")

@@ -303,22 +303,36 @@ def test_bf16_with_memory_saving():
 
 
 def test_channels_last_convolutions_are_transparent():
-    """The s/t ResNets run their convolutions channels-last; results equal the default layout's."""
+    """On the CPU the s/t ResNets run their convolutions channels-last; results equal the
+    default layout's, and the parameters keep the default layout."""
     from realnvp.nets import WNConv2d
 
     torch.manual_seed(0)
     model = perturb(MODELS["image-3x8x8"](), 0.05).double().eval()
     x = _data(model, 4, torch.float64)
+    conv = next(m for m in model.modules() if isinstance(m, WNConv2d) and m.kernel_size == (3, 3))
+    assert WNConv2d.channels_last is None
+    assert conv.normalized_weight().is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         a = model.log_prob(x)
         WNConv2d.channels_last = False
         try:
+            assert conv.normalized_weight().is_contiguous()
             b = model.log_prob(x)
         finally:
-            WNConv2d.channels_last = True
+            WNConv2d.channels_last = None
     torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
     assert all(p.is_contiguous() for p in model.parameters())
     assert isinstance(model.bijector, nn.Module)
+
+
+def test_channels_last_by_device():
+    """By default channels-last on the CPU only; a bool setting forces either layout anywhere."""
+    from realnvp.nets.weightnorm import channels_last_on
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert channels_last_on(cpu) and not channels_last_on(gpu)
+    assert channels_last_on(gpu, True) and not channels_last_on(cpu, False)
 
 
 def test_weight_norm_cache_follows_parameter_updates():

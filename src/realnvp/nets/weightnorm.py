@@ -14,7 +14,7 @@ from .evalcache import cached, forget
 
 
 class _WeightNormMixin:
-    channels_last: bool = False  # convolutions override this
+    channels_last: bool | None = False  # convolutions override this
 
     def _init_weight_norm(self, init_scale: float) -> None:
         # Start with w equal to the default-initialised weight (times init_scale).
@@ -42,9 +42,17 @@ class _WeightNormMixin:
 
     def _compute_weight(self, v: Tensor, g: Tensor) -> Tensor:
         w = _weight_norm(v, g)
-        if w.dim() == 4 and self.channels_last:
+        if w.dim() == 4 and channels_last_on(w.device, self.channels_last):
             w = w.contiguous(memory_format=torch.channels_last)
         return w
+
+
+def channels_last_on(device: torch.device, setting: bool | None = None) -> bool:
+    """Whether convolutions run channels-last on ``device``: ``setting`` if it is a bool, else
+    (``None``, the default) on the CPU only. oneDNN's CPU convolutions are faster channels-last;
+    cuDNN's float32 ones (TF32 off) were faster in the default layout on an H200 (38 vs 30 TFLOP/s
+    for the benchmark's 128-channel convolution; bfloat16 alike in both), see BENCHMARKS.md."""
+    return device.type == "cpu" if setting is None else setting
 
 
 def _weight_norm(v: Tensor, g: Tensor) -> Tensor:
@@ -60,14 +68,15 @@ def _weight_norm(v: Tensor, g: Tensor) -> Tensor:
 class WNConv2d(_WeightNormMixin, nn.Conv2d):
     """``nn.Conv2d`` with weight normalisation; ``init_scale`` multiplies the initial weight.
 
-    The normalised weight is handed to the convolution in the channels-last memory format, which
-    makes the convolution (and so every activation after it) run channels-last: measured faster
-    on CPUs with oneDNN (no reorder of every activation in and out of a blocked layout), in float32
-    and bfloat16 alike (see BENCHMARKS.md). The parameters themselves keep the default layout.
-    Set the class attribute ``channels_last = False`` to turn this off.
+    On the CPU the normalised weight is handed to the convolution in the channels-last memory
+    format, which makes the convolution (and so every activation after it) run channels-last:
+    measured faster with oneDNN (no reorder of every activation in and out of a blocked layout),
+    in float32 and bfloat16 alike; on GPUs the default layout measured faster (see
+    :func:`channels_last_on` and BENCHMARKS.md). The parameters themselves keep the default
+    layout. The class attribute ``channels_last`` (``None``: by device) can force either layout.
     """
 
-    channels_last: bool = True
+    channels_last: bool | None = None
 
     def __init__(self, *args, init_scale: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
