@@ -60,6 +60,7 @@ def _worker(rank, init_file, out_file, sync):
     dist.all_reduce(loss)
     if rank == 0:
         torch.save({"loss": loss / 2, "grads": grads, "state": state}, out_file)
+    del net  # DDP holds the process group: alive at exit, gloo can abort the process
     dist.barrier()  # no rank may tear gloo down while another is still using it
     dist.destroy_process_group()
 

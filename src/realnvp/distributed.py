@@ -87,6 +87,10 @@ def barrier(dist: DistInfo) -> None:
 
 
 def teardown(dist: DistInfo) -> None:
+    """Leave the process group. Drop every DistributedDataParallel wrapper first: a wrapper
+    still alive keeps the group alive past ``destroy_process_group``, and a gloo group destroyed
+    only at interpreter exit can abort the process ("terminate called without an active
+    exception", pytorch/pytorch#190489)."""
     if dist.enabled and torch_dist.is_initialized():
         torch_dist.barrier()  # no rank tears gloo down while another still uses it
         torch_dist.destroy_process_group()

@@ -408,6 +408,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overrides: dic
         (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         if info.kind == "image" or info.dim == 2:
             save_pictures(eval_model, info, cfg, run_dir / "samples.png", reference)
+    del net  # the DDP wrapper holds the process group; see distributed.teardown
     distributed.teardown(dist)
     return result
 
