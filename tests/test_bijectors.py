@@ -13,6 +13,7 @@ from realnvp.bijectors import (
     AffineCoupling,
     BatchNorm,
     Checkerboard,
+    HalfCouplings,
     Halves,
     Invertible1x1Conv,
     Logit,
@@ -70,6 +71,16 @@ LAYERS = {
     "conv1x1-vector": (lambda: Invertible1x1Conv(6), (6,)),
     "logit": (lambda: Logit(0.05), (2, 4, 4)),
     "logit-alpha0": (lambda: Logit(0.0), (6,)),
+    "half-couplings-vector": (
+        lambda: HalfCouplings(vector_coupling(AffineCoupling, False, 5), vector_coupling(AffineCoupling, True, 5),
+                              vector_coupling(AffineCoupling, True, 5), vector_coupling(AdditiveCoupling, False, 5)),
+        (5,),
+    ),
+    "half-couplings-image": (
+        lambda: HalfCouplings(image_coupling(AffineCoupling, "channel", 0, (3, 4, 4)),
+                              image_coupling(AffineCoupling, "channel", 1, (3, 4, 4))),
+        (3, 4, 4),
+    ),
     "sequential": (
         lambda: Sequential(Logit(), image_coupling(AffineCoupling, "checkerboard", 0), BatchNorm(2),
                            Squeeze(), Invertible1x1Conv(8), ActNorm(8)),
@@ -260,3 +271,44 @@ def test_mask_split_agrees_with_condition_and_active(mask, shape):
     assert cond.shape[1] == mask.in_features and active.shape[1] == mask.out_features
     assert torch.equal(mask.merge(x, active, cond), mask.merge(x, active))
     assert torch.equal(mask.merge(x, active), x)
+
+
+@pytest.mark.parametrize("name", ["half-couplings-vector", "half-couplings-image"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_half_couplings_equal_the_sequential_chain(name, mode):
+    # the same map, log-det, gradients and state_dict as Sequential over the same couplings
+    chain, x = make(name, torch.float64, mode)
+    x.requires_grad_(True)
+    seq = Sequential(*chain.layers)
+    assert list(chain.state_dict()) == list(seq.state_dict())
+    outs = []
+    for layer in (chain, seq):
+        y, log_det = layer(x)
+        grads = torch.autograd.grad((y * y.detach().cos()).sum() + log_det.sum(), [x, *chain.parameters()])
+        back, inv_log_det = layer.inverse(y.detach())
+        outs.append((y, log_det, back, inv_log_det, *grads))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_half_couplings_memory_saving_matches_plain_autograd():
+    chain, x = make("half-couplings-vector", torch.float64, "train", batch=8)
+    x.requires_grad_(True)
+    grads = []
+    for saving in (False, True):
+        chain.memory_saving = saving
+        y, log_det = chain(x)
+        grads.append(torch.autograd.grad(y.pow(2).sum() + log_det.sum(), [x, *chain.parameters()]))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_half_couplings_refuse_other_layers():
+    with pytest.raises(ValueError, match="Halves masks"):
+        HalfCouplings(vector_coupling(AffineCoupling, False, 6), vector_coupling(AffineCoupling, False, 5))
+    with pytest.raises(ValueError, match="Halves masks"):
+        HalfCouplings(image_coupling(AffineCoupling, "checkerboard", 0))
+    with pytest.raises(ValueError, match="Halves masks"):
+        HalfCouplings(vector_coupling(AffineCoupling, False, 6), BatchNorm(6))
+    with pytest.raises(ValueError, match="at least one"):
+        HalfCouplings()

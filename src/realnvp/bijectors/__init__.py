@@ -2,7 +2,7 @@
 :mod:`realnvp.bijectors.base` for the contract."""
 
 from .base import Bijector, Inverse, Sequential, sum_except_batch, zero_log_det
-from .coupling import AdditiveCoupling, AffineCoupling
+from .coupling import AdditiveCoupling, AffineCoupling, HalfCouplings
 from .linear import Invertible1x1Conv
 from .masks import Checkerboard, Halves, Mask, checkerboard
 from .multiscale import MultiScale
@@ -18,6 +18,7 @@ __all__ = [
     "Bijector",
     "Checkerboard",
     "Dequantize",
+    "HalfCouplings",
     "Halves",
     "Inverse",
     "Invertible1x1Conv",

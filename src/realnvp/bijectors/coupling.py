@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Bijector, sum_except_batch, zero_log_det
-from .masks import Mask
+from .base import Bijector, Sequential, sum_except_batch, zero_log_det
+from .masks import Halves, Mask
 
 
 def _per_channel(p: Tensor, ndim: int) -> Tensor:
@@ -47,16 +47,18 @@ class _Coupling(Bijector):
 
     def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         cond, a = self.mask.split(x)
-        s, t = self.scale_and_shift(cond, x)
-        if s is None:
-            a = a - t if inverse else a + t
-            log_det = zero_log_det(x)
-        else:
-            a = (a - t) * torch.exp(-s) if inverse else torch.addcmul(t, a, torch.exp(s))
-            log_det = sum_except_batch(s)
-            if inverse:
-                log_det = -log_det
+        a, log_det = self.couple_parts(cond, a, inverse)
         return self.mask.merge(x, a, cond), log_det
+
+    def couple_parts(self, cond: Tensor, a: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        """The map on the transformed part ``a`` given the conditioning part ``cond`` (as
+        :meth:`Mask.split` returns them): ``(a', (B,) log-det)``."""
+        s, t = self.scale_and_shift(cond, a)
+        if s is None:
+            return (a - t if inverse else a + t), zero_log_det(a)
+        a = (a - t) * torch.exp(-s) if inverse else torch.addcmul(t, a, torch.exp(s))
+        log_det = sum_except_batch(s)
+        return a, (-log_det if inverse else log_det)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self._couple(x, inverse=False)
@@ -93,3 +95,50 @@ class AdditiveCoupling(_Coupling):
 
     def _scale_and_shift(self, h: Tensor, ndim: int) -> tuple[None, Tensor]:
         return None, h
+
+
+class HalfCouplings(Sequential):
+    """A chain of couplings that all split dimension 1 at the same point (:class:`Halves` masks,
+    alternating or not), run on the two halves without concatenating them between layers.
+
+    The same map, log-det and parameters (the same ``state_dict`` keys) as
+    ``Sequential(*couplings)``, with one split and one concatenation per chain instead of one
+    per coupling: for small vector flows, whose time follows the number of operations, that is
+    two operations forward and two backward fewer per coupling. With ``memory_saving`` on, the
+    chain runs layer by layer as :class:`Sequential` does.
+    """
+
+    def __init__(self, *couplings: _Coupling):
+        super().__init__(*couplings)
+        if not couplings:
+            raise ValueError("HalfCouplings needs at least one coupling")
+        first = couplings[0].mask if isinstance(couplings[0], _Coupling) else None
+        for c in couplings:
+            mask = c.mask if isinstance(c, _Coupling) else None
+            if not isinstance(mask, Halves) or (mask.k, mask.in_features + mask.out_features) != (
+                first.k, first.in_features + first.out_features
+            ):
+                raise ValueError(
+                    "HalfCouplings takes couplings with Halves masks that all split the same "
+                    f"number of features at the same point; got {c!r:.200}"
+                )
+        self.k = first.k
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.memory_saving and torch.is_grad_enabled():
+            return super().forward(x)
+        return self._run(x, self.layers, inverse=False)
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        return self._run(y, reversed(self.layers), inverse=True)
+
+    def _run(self, x: Tensor, couplings, inverse: bool) -> tuple[Tensor, Tensor]:
+        first, second = torch.split(x, (self.k, x.shape[1] - self.k), dim=1)
+        total = None
+        for c in couplings:
+            if c.mask.flip:
+                first, log_det = c.couple_parts(second, first, inverse)
+            else:
+                second, log_det = c.couple_parts(first, second, inverse)
+            total = log_det if total is None else total + log_det
+        return torch.cat((first, second), dim=1), total

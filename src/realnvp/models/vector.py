@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..bijectors import BatchNorm, Bijector, Halves, Sequential
+from ..bijectors import BatchNorm, Bijector, HalfCouplings, Halves, Sequential
 from ..nets import MLP
 from .flow import Flow
 from .image import COUPLINGS
@@ -46,7 +46,8 @@ class VectorRealNVP(Flow):
             layers.append(COUPLINGS[coupling](mask, net))
             if followed_by_bn:
                 layers.append(BatchNorm(dim, momentum=bn_momentum))
-        super().__init__(Sequential(*layers), event_shape=(dim,), validate_args=validate_args)
+        chain = Sequential(*layers) if batch_norm else HalfCouplings(*layers)
+        super().__init__(chain, event_shape=(dim,), validate_args=validate_args)
         self.config = dict(
             dim=dim, num_couplings=num_couplings, hidden=hidden, num_layers=num_layers,
             coupling=coupling, batch_norm=batch_norm, bn_momentum=bn_momentum, weight_norm=weight_norm,
