@@ -72,8 +72,9 @@ LAYERS = {
     "logit": (lambda: Logit(0.05), (2, 4, 4)),
     "logit-alpha0": (lambda: Logit(0.0), (6,)),
     "half-couplings-vector": (
-        lambda: HalfCouplings(vector_coupling(AffineCoupling, False, 5), vector_coupling(AffineCoupling, True, 5),
-                              vector_coupling(AffineCoupling, True, 5), vector_coupling(AdditiveCoupling, False, 5)),
+        lambda: HalfCouplings(*(vector_coupling(cls, flip, 5) for cls, flip in (
+            (AffineCoupling, False), (AffineCoupling, True),
+            (AffineCoupling, True), (AdditiveCoupling, False)))),
         (5,),
     ),
     "half-couplings-image": (
