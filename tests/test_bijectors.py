@@ -120,6 +120,14 @@ def test_round_trip(name, dtype, mode):
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("name", sorted(LAYERS))
+def test_invert_is_the_inverse_without_its_log_det(name, mode):
+    layer, x = make(name, torch.float64, mode)
+    y, _ = layer(x)
+    assert torch.equal(layer.invert(y), layer.inverse(y)[0])
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name", sorted(LAYERS))
 def test_log_det_matches_jacobian(name, mode):
     layer, x = make(name, torch.float64, mode, batch=3)
     check_log_det(layer, x, atol=1e-6)

@@ -42,6 +42,11 @@ class Bijector(nn.Module):
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def invert(self, y: Tensor) -> Tensor:
+        """``inverse(y)[0]``: the inverse map alone, which is all that sampling and decoding
+        need. Layers whose log-det costs operations of its own override it to skip them."""
+        return self.inverse(y)[0]
+
 
 class Sequential(Bijector):
     """Composition of bijectors: applies them in order, sums the log-dets; inverts in reverse.
@@ -75,6 +80,11 @@ class Sequential(Bijector):
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
         return _accumulate(y, (layer.inverse for layer in reversed(self.layers)))
+
+    def invert(self, y: Tensor) -> Tensor:
+        for layer in reversed(self.layers):
+            y = layer.invert(y)
+        return y
 
 
 def _accumulate(x: Tensor, maps) -> tuple[Tensor, Tensor]:

@@ -45,26 +45,35 @@ class _Coupling(Bijector):
         s, t = self._scale_and_shift(h, like.dim())
         return (None if s is None else self.mask.restrict(s)), self.mask.restrict(t)
 
-    def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _couple(self, x: Tensor, inverse: bool, log_det: bool = True) -> tuple[Tensor, Tensor | None]:
         cond, a = self.mask.split(x)
-        a, log_det = self.couple_parts(cond, a, inverse)
-        return self.mask.merge(x, a, cond), log_det
+        a, ld = self.couple_parts(cond, a, inverse, log_det)
+        return self.mask.merge(x, a, cond), ld
 
-    def couple_parts(self, cond: Tensor, a: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    def couple_parts(self, cond: Tensor, a: Tensor, inverse: bool,
+                     log_det: bool = True) -> tuple[Tensor, Tensor | None]:
         """The map on the transformed part ``a`` given the conditioning part ``cond`` (as
-        :meth:`Mask.split` returns them): ``(a', (B,) log-det)``."""
+        :meth:`Mask.split` returns them): ``(a', (B,) log-det)``, the log-det ``None`` if not
+        asked for. The inverse divides by the same ``exp(s)`` that the forward map multiplies
+        by (rather than multiplying by ``exp(−s)``): one operation fewer, and a round trip
+        rounds once less."""
         s, t = self.scale_and_shift(cond, a)
         if s is None:
-            return (a - t if inverse else a + t), zero_log_det(a)
-        a = (a - t) * torch.exp(-s) if inverse else torch.addcmul(t, a, torch.exp(s))
-        log_det = sum_except_batch(s)
-        return a, (-log_det if inverse else log_det)
+            return (a - t if inverse else a + t), (zero_log_det(a) if log_det else None)
+        a = (a - t) / torch.exp(s) if inverse else torch.addcmul(t, a, torch.exp(s))
+        if not log_det:
+            return a, None
+        ld = sum_except_batch(s)
+        return a, (-ld if inverse else ld)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self._couple(x, inverse=False)
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
         return self._couple(y, inverse=True)
+
+    def invert(self, y: Tensor) -> Tensor:
+        return self._couple(y, inverse=True, log_det=False)[0]
 
 
 class AffineCoupling(_Coupling):
@@ -132,13 +141,17 @@ class HalfCouplings(Sequential):
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
         return self._run(y, reversed(self.layers), inverse=True)
 
-    def _run(self, x: Tensor, couplings, inverse: bool) -> tuple[Tensor, Tensor]:
+    def invert(self, y: Tensor) -> Tensor:
+        return self._run(y, reversed(self.layers), inverse=True, log_det=False)[0]
+
+    def _run(self, x: Tensor, couplings, inverse: bool, log_det: bool = True) -> tuple[Tensor, Tensor | None]:
         first, second = torch.split(x, (self.k, x.shape[1] - self.k), dim=1)
         total = None
         for c in couplings:
             if c.mask.flip:
-                first, log_det = c.couple_parts(second, first, inverse)
+                first, ld = c.couple_parts(second, first, inverse, log_det)
             else:
-                second, log_det = c.couple_parts(first, second, inverse)
-            total = log_det if total is None else total + log_det
+                second, ld = c.couple_parts(first, second, inverse, log_det)
+            if log_det:
+                total = ld if total is None else total + ld
         return torch.cat((first, second), dim=1), total

@@ -31,10 +31,11 @@ def _view(p: Tensor, x: Tensor) -> Tensor:
 
 
 def _channel_affine(x: Tensor, shift_in: Tensor, log_scale: Tensor, shift_out: Tensor | None,
-                    inverse: bool) -> tuple[Tensor, Tensor]:
+                    inverse: bool, with_log_det: bool = True) -> tuple[Tensor, Tensor | None]:
     """``y = (x − shift_in)·exp(log_scale) + shift_out`` per channel (or its inverse), with the
-    ``(B,)`` log-det ``±Σ_c log_scale_c · H·W``. Both normalising layers are this map; they differ
-    only in where the shifts and the scale come from."""
+    ``(B,)`` log-det ``±Σ_c log_scale_c · H·W`` (``None`` unless ``with_log_det``). Both
+    normalising layers are this map; they differ only in where the shifts and the scale come
+    from."""
     log_scale = log_scale.to(x.dtype)
     shift_in = _view(shift_in.to(x.dtype), x)
     if inverse:
@@ -45,6 +46,8 @@ def _channel_affine(x: Tensor, shift_in: Tensor, log_scale: Tensor, shift_out: T
         out = (x - shift_in) * _view(torch.exp(log_scale), x)
         if shift_out is not None:
             out = out + _view(shift_out.to(x.dtype), x)
+    if not with_log_det:
+        return out, None
     log_det = log_scale.sum()
     if _positions(x) != 1:
         log_det = log_det * _positions(x)
@@ -113,12 +116,18 @@ class BatchNorm(Bijector):
         return _channel_affine(x, mean, self._log_scale(var), self.beta, inverse=False)
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        return self._inverse(y, with_log_det=True)
+
+    def invert(self, y: Tensor) -> Tensor:
+        return self._inverse(y, with_log_det=False)[0]
+
+    def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
         _check_channels(y, self.channels, "BatchNorm")
         if self.training and self._last_stats is not None:
             mean, var = (s.to(y.dtype) for s in self._last_stats)
         else:
             mean, var = self.running_mean.to(y.dtype), self.running_var.to(y.dtype)
-        return _channel_affine(y, mean, self._log_scale(var), self.beta, inverse=True)
+        return _channel_affine(y, mean, self._log_scale(var), self.beta, True, with_log_det)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, momentum={self.momentum}, eps={self.eps}"
@@ -155,3 +164,7 @@ class ActNorm(Bijector):
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
         _check_channels(y, self.channels, "ActNorm")
         return _channel_affine(y, -self.bias, self.log_scale, None, inverse=True)
+
+    def invert(self, y: Tensor) -> Tensor:
+        _check_channels(y, self.channels, "ActNorm")
+        return _channel_affine(y, -self.bias, self.log_scale, None, True, with_log_det=False)[0]
