@@ -26,7 +26,12 @@ from realnvp.bijectors import (
     Sequential,
     Squeeze,
 )
-from realnvp.bijectors.invertible_backprop import invertible_forward, supports
+from realnvp.bijectors.invertible_backprop import (
+    frozen_statistics,
+    invertible_forward,
+    statistics_modules,
+    supports,
+)
 from realnvp.nets import ResNet
 
 MODELS = {
@@ -130,6 +135,36 @@ def test_memory_saving_two_forwards_before_one_backward():
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-9)
+
+
+def test_frozen_statistics_normalise_as_usual_and_record_nothing():
+    """The recomputation's switch: same outputs as an ordinary training-mode call, no running
+    statistic, counter or last-batch statistic changed, every flag back afterwards (also after
+    an error); norms without a switch (instance norm with running statistics) are restored."""
+    from realnvp.nets.norm import BatchNorm2d
+
+    net = nn.Sequential(BatchNorm2d(3), nn.InstanceNorm2d(3, track_running_stats=True))
+    bij = BatchNorm(3)
+    x = torch.randn(4, 3, 5, 5) * 2 + 1
+    with torch.no_grad():
+        net(x), bij(x)  # some history to keep
+    expected = net(x), bij(x)[0]
+    before = {k: v.clone() for k, v in [*net.state_dict().items(), *bij.state_dict().items()]}
+    last = bij._last_stats
+    modules = statistics_modules(net) + statistics_modules(bij)
+    assert len(modules) == 3
+    with frozen_statistics(modules):
+        got = net(x), bij(x)[0]
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    after = {k: v for k, v in [*net.state_dict().items(), *bij.state_dict().items()]}
+    for k in before:
+        assert torch.equal(after[k], before[k]), k
+    assert bij._last_stats is last
+    assert net[0].track_running_stats and bij.updates_statistics
+    with pytest.raises(RuntimeError), frozen_statistics(modules):
+        raise RuntimeError("boom")
+    assert net[0].track_running_stats and bij.updates_statistics
 
 
 def test_memory_saving_can_be_switched_off_and_rejects_unknown_layers():

@@ -69,23 +69,44 @@ def supports(layers: Sequence[nn.Module]) -> bool:
     return all(isinstance(m, SUPPORTED) for m in flatten(layers))
 
 
-@contextlib.contextmanager
-def frozen_buffers(module: nn.Module) -> Iterator[None]:
-    """Restore every buffer of ``module`` (batch-norm running statistics, counters) and the
-    :class:`BatchNorm` bijectors' last-batch statistics on exit: a recomputation must not count
-    as a second forward pass."""
+def statistics_modules(module: nn.Module) -> list[nn.Module]:
+    """The modules below ``module`` (itself included) that keep statistics of the batches they
+    see: batch norms (the bijector and ``torch.nn``'s), other ``torch.nn`` norms, actnorm."""
     stateful = (nn.modules.batchnorm._NormBase, BatchNorm, ActNorm)
-    buffers = [b for m in module.modules() if isinstance(m, stateful) for b in m.buffers(recurse=False)]
-    saved = [b.clone() for b in buffers]
-    last = [(m, m._last_stats) for m in module.modules() if isinstance(m, BatchNorm)]
+    return [m for m in module.modules() if isinstance(m, stateful)]
+
+
+@contextlib.contextmanager
+def frozen_statistics(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Within the block, ``modules`` (from :func:`statistics_modules`) normalise as they would in
+    their current mode but record nothing: a recomputation must not count as a second forward
+    pass. Batch norms are switched (``BatchNorm.updates_statistics``, ``torch.nn`` batch norms'
+    ``track_running_stats``): no tensor is copied. Any other stateful module has its buffers
+    saved and restored."""
+    switched: list[tuple[nn.Module, str]] = []
+    saved: list[tuple[Tensor, Tensor]] = []
+    for m in modules:
+        if isinstance(m, BatchNorm):
+            if m.updates_statistics:
+                m.updates_statistics = False
+                switched.append((m, "updates_statistics"))
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            # in training mode a torch batch norm without running statistics normalises with
+            # the batch's, exactly as it does with them, and updates nothing; in evaluation
+            # mode it updates nothing anyway
+            if m.training and m.track_running_stats:
+                m.track_running_stats = False
+                switched.append((m, "track_running_stats"))
+        else:
+            saved += [(b, b.clone()) for b in m.buffers(recurse=False)]
     try:
         yield
     finally:
-        for b, s in zip(buffers, saved, strict=True):
+        for m, flag in switched:
+            setattr(m, flag, True)
+        for b, copy in saved:
             # through .data: a restore is not an update that autograd should see
-            b.data.copy_(s)
-        for m, stats in last:
-            m._last_stats = stats
+            b.data.copy_(copy)
 
 
 def _state(layer: Bijector):
@@ -99,13 +120,15 @@ def _grad_params(layer: nn.Module) -> list[nn.Parameter]:
     return [p for p in layer.parameters() if p.requires_grad]
 
 
-def _coupling_backward(layer: _Coupling, y: Tensor, g_y: Tensor, g_ld: Tensor, need_x_grad: bool):
+def _coupling_backward(layer: _Coupling, params: list[Tensor], stats: list[nn.Module], y: Tensor,
+                       g_y: Tensor, g_ld: Tensor, need_x_grad: bool):
     """Reconstruct a coupling's input from its output ``y`` and back-propagate ``(g_y, g_ld)``
-    through it with a single evaluation of the s/t network."""
-    mask, params = layer.mask, _grad_params(layer)
+    through it with a single evaluation of the s/t network (``params``: the layer's trainable
+    parameters; ``stats``: its :func:`statistics_modules`)."""
+    mask = layer.mask
     with torch.enable_grad():
         cond = mask.condition(y).detach().requires_grad_(need_x_grad)
-        with frozen_buffers(layer):
+        with frozen_statistics(stats):
             s, t = layer.scale_and_shift(cond, y)
         with torch.no_grad():
             a_y = mask.active(y)
@@ -134,9 +157,9 @@ def _coupling_backward(layer: _Coupling, y: Tensor, g_y: Tensor, g_ld: Tensor, n
     return x.detach(), g_x, g_params
 
 
-def _generic_backward(layer: Bijector, state, y: Tensor, g_y: Tensor, g_ld: Tensor, need_x_grad: bool):
+def _generic_backward(layer: Bijector, params: list[Tensor], stats: list[nn.Module], state,
+                      y: Tensor, g_y: Tensor, g_ld: Tensor, need_x_grad: bool):
     """Reconstruct any supported layer's input with its inverse, then re-run it with autograd."""
-    params = _grad_params(layer)
     with torch.no_grad():
         if isinstance(layer, BatchNorm) and state is not None:
             saved, layer._last_stats = layer._last_stats, state
@@ -147,7 +170,7 @@ def _generic_backward(layer: Bijector, state, y: Tensor, g_y: Tensor, g_ld: Tens
         else:
             x, _ = layer.inverse(y)
     x_leaf = x.detach().requires_grad_(True)
-    with torch.enable_grad(), frozen_buffers(layer):
+    with torch.enable_grad(), frozen_statistics(stats):
         y_re, ld = layer(x_leaf)
     pairs = [(o, g) for o, g in ((y_re, g_y), (ld, g_ld.to(ld.dtype))) if o.requires_grad]
     res = torch.autograd.grad([o for o, _ in pairs], [x_leaf] + params, [g for _, g in pairs],
@@ -158,12 +181,16 @@ def _generic_backward(layer: Bijector, state, y: Tensor, g_y: Tensor, g_ld: Tens
 class _InvertibleChain(torch.autograd.Function):
     """Runs ``layers`` without a graph; recomputes each layer's input from its output in backward.
 
-    ``apply(x, layers, n_params, *params)`` where ``params`` are the layers' trainable parameters
-    (passed so that autograd routes their gradients through this function).
+    ``apply(x, layers, layer_params, layer_stats, *params)``: ``layer_params[i]`` and
+    ``layer_stats[i]`` are layer i's trainable parameters and :func:`statistics_modules`, found
+    once per forward pass (walking every s/t network's modules again for each layer in the
+    backward pass is time that small models and GPUs notice); ``params`` are all of those
+    parameters, passed so that autograd routes their gradients through this function.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, layers: list[Bijector], *params: Tensor):
+    def forward(ctx, x: Tensor, layers: list[Bijector], layer_params: list[list[Tensor]],
+                layer_stats: list[list[nn.Module]], *params: Tensor):
         states = []
         total = zero_log_det(x)
         for layer in layers:
@@ -174,6 +201,7 @@ class _InvertibleChain(torch.autograd.Function):
         ctx.autocast = (device_type, torch.is_autocast_enabled(device_type),
                         torch.get_autocast_dtype(device_type))
         ctx.layers, ctx.states = layers, states
+        ctx.layer_params, ctx.layer_stats = layer_params, layer_stats
         ctx.save_for_backward(x)
         return x, total
 
@@ -181,7 +209,7 @@ class _InvertibleChain(torch.autograd.Function):
     def backward(ctx, g_y: Tensor, g_ld: Tensor):
         (y,) = ctx.saved_tensors
         layers, states = ctx.layers, ctx.states
-        params_in = ctx.needs_input_grad[2:]
+        params_in = ctx.needs_input_grad[4:]
         device_type, enabled, dtype = ctx.autocast
         grads: dict[int, Tensor] = {}
         if g_y is None:
@@ -191,18 +219,19 @@ class _InvertibleChain(torch.autograd.Function):
         y = y.detach()
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             for i in reversed(range(len(layers))):
-                layer = layers[i]
+                layer, params, stats = layers[i], ctx.layer_params[i], ctx.layer_stats[i]
                 need_x_grad = i > 0 or ctx.needs_input_grad[0]
                 if isinstance(layer, _Coupling):
-                    y, g_y, g_params = _coupling_backward(layer, y, g_y, g_ld, need_x_grad)
+                    y, g_y, g_params = _coupling_backward(layer, params, stats, y, g_y, g_ld, need_x_grad)
                 else:
-                    y, g_y, g_params = _generic_backward(layer, states[i], y, g_y, g_ld, need_x_grad)
-                for p, g in zip(_grad_params(layer), g_params, strict=True):
+                    y, g_y, g_params = _generic_backward(layer, params, stats, states[i], y, g_y, g_ld,
+                                                         need_x_grad)
+                for p, g in zip(params, g_params, strict=True):
                     if g is not None:
                         grads[id(p)] = g if id(p) not in grads else grads[id(p)] + g
-        params = [p for layer in layers for p in _grad_params(layer)]
+        params = [p for ps in ctx.layer_params for p in ps]
         out = [grads.get(id(p)) if need else None for p, need in zip(params, params_in, strict=True)]
-        return (g_y if ctx.needs_input_grad[0] else None), None, *out
+        return (g_y if ctx.needs_input_grad[0] else None), None, None, None, *out
 
 
 def invertible_forward(layers: Sequence[nn.Module], x: Tensor, keep_last: bool = True
@@ -224,10 +253,12 @@ def invertible_forward(layers: Sequence[nn.Module], x: Tensor, keep_last: bool =
         split = couplings[-1] if couplings else len(layers)
     head, tail = layers[:split], layers[split:]
     total = zero_log_det(x)
-    params = [p for layer in head for p in _grad_params(layer)]
+    layer_params = [_grad_params(layer) for layer in head]
+    params = [p for ps in layer_params for p in ps]
     recording = torch.is_grad_enabled() and (x.requires_grad or bool(params))
     if head and recording:
-        x, total = _InvertibleChain.apply(x, head, *params)
+        layer_stats = [statistics_modules(layer) for layer in head]
+        x, total = _InvertibleChain.apply(x, head, layer_params, layer_stats, *params)
     else:
         tail = head + tail
     for layer in tail:
@@ -236,4 +267,5 @@ def invertible_forward(layers: Sequence[nn.Module], x: Tensor, keep_last: bool =
     return x, total
 
 
-__all__ = ["SUPPORTED", "flatten", "frozen_buffers", "invertible_forward", "supports"]
+__all__ = ["SUPPORTED", "flatten", "frozen_statistics", "invertible_forward", "statistics_modules",
+           "supports"]

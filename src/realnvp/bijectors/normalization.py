@@ -78,7 +78,13 @@ class BatchNorm(Bijector):
 
     Defaults follow the authors' code: ``momentum=0.1``, ``eps=1e-4``. Under ``torchrun`` the
     batch statistics are those of the global batch (:mod:`realnvp.syncstats`).
+
+    ``updates_statistics = False`` keeps training mode's batch statistics but records nothing
+    (neither running averages nor last-batch statistics): how memory-saving backprop recomputes
+    the layer without counting it as a second forward pass.
     """
+
+    updates_statistics: bool = True
 
     def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-4, affine: bool = True):
         super().__init__()
@@ -100,10 +106,11 @@ class BatchNorm(Bijector):
                 "BatchNorm in training mode needs more than one value per channel "
                 f"(got input of shape {tuple(x.shape)}); use a larger batch or eval mode"
             )
-        with torch.no_grad():
-            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
-            self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
-        self._last_stats = (mean.detach(), var.detach())
+        if self.updates_statistics:
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+                self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
+            self._last_stats = (mean.detach(), var.detach())
         return mean, var
 
     def _log_scale(self, var: Tensor) -> Tensor:
