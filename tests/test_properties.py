@@ -313,12 +313,23 @@ def test_affine_coupling_with_large_scales_and_large_inputs(rescale, input_scale
 @settings(max_examples=10, deadline=None)
 @given(input_scale=st.sampled_from([1e2, 1e4]), seed=st.integers(0, 2**16))
 def test_unconstrained_models_take_large_inputs(input_scale, seed):
+    """Far outside the data the inverse stays exact in float64; in float32 it loses what the
+    map's conditioning makes it lose. Inputs of 1e4 saturate every tanh scale, and the round
+    trip amplifies round-off about 1.7e4-fold (measured over 6000 cases: worst error 3.8e-12
+    of max|x| in float64 = 1.7e4 ulps, 2.1e-3 in float32 = 1.7e4 ulps), so float32 is held to a
+    1e-2 bound that a wrong inverse breaks and round-off does not (a fixed 1e-4 failed 0.5-0.8%
+    of the cases)."""
     model = trained_like(RealNVP((1, 4, 4), num_scales=2, hidden_channels=2, num_blocks=1,
                                  logit_alpha=None), unit=False, seed=seed % 7)
     x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(seed)) * input_scale
     assert torch.isfinite(model.log_prob(x)).all()
+    size = x.abs().max()
     back = model.decode(model.encode(x))
-    torch.testing.assert_close(back, x, rtol=1e-4, atol=1e-4 * input_scale)
+    assert torch.isfinite(back).all() and (back - x).abs().max() <= 1e-2 * size
+    model, x = model.double(), x.double()
+    assert torch.isfinite(model.log_prob(x)).all()
+    back = model.decode(model.encode(x))
+    assert (back - x).abs().max() <= 1e-9 * size
 
 
 # ----------------------------------------------------------------------------- checkpoints
