@@ -45,13 +45,13 @@ class _Coupling(Bijector):
         s, t = self._scale_and_shift(h, like.dim())
         return (None if s is None else self.mask.restrict(s)), self.mask.restrict(t)
 
-    def _couple(self, x: Tensor, inverse: bool, log_det: bool = True) -> tuple[Tensor, Tensor | None]:
+    def _couple(self, x: Tensor, inverse: bool, with_log_det: bool = True) -> tuple[Tensor, Tensor | None]:
         cond, a = self.mask.split(x)
-        a, ld = self.couple_parts(cond, a, inverse, log_det)
-        return self.mask.merge(x, a, cond), ld
+        a, log_det = self.couple_parts(cond, a, inverse, with_log_det)
+        return self.mask.merge(x, a, cond), log_det
 
     def couple_parts(self, cond: Tensor, a: Tensor, inverse: bool,
-                     log_det: bool = True) -> tuple[Tensor, Tensor | None]:
+                     with_log_det: bool = True) -> tuple[Tensor, Tensor | None]:
         """The map on the transformed part ``a`` given the conditioning part ``cond`` (as
         :meth:`Mask.split` returns them): ``(a', (B,) log-det)``, the log-det ``None`` if not
         asked for. The inverse divides by the same ``exp(s)`` that the forward map multiplies
@@ -59,12 +59,12 @@ class _Coupling(Bijector):
         rounds once less."""
         s, t = self.scale_and_shift(cond, a)
         if s is None:
-            return (a - t if inverse else a + t), (zero_log_det(a) if log_det else None)
+            return (a - t if inverse else a + t), (zero_log_det(a) if with_log_det else None)
         a = (a - t) / torch.exp(s) if inverse else torch.addcmul(t, a, torch.exp(s))
-        if not log_det:
+        if not with_log_det:
             return a, None
-        ld = sum_except_batch(s)
-        return a, (-ld if inverse else ld)
+        log_det = sum_except_batch(s)
+        return a, (-log_det if inverse else log_det)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self._couple(x, inverse=False)
@@ -73,7 +73,7 @@ class _Coupling(Bijector):
         return self._couple(y, inverse=True)
 
     def invert(self, y: Tensor) -> Tensor:
-        return self._couple(y, inverse=True, log_det=False)[0]
+        return self._couple(y, inverse=True, with_log_det=False)[0]
 
 
 class AffineCoupling(_Coupling):
@@ -121,17 +121,14 @@ class HalfCouplings(Sequential):
         super().__init__(*couplings)
         if not couplings:
             raise ValueError("HalfCouplings needs at least one coupling")
-        first = couplings[0].mask if isinstance(couplings[0], _Coupling) else None
+        first = _halves_split(couplings[0])
         for c in couplings:
-            mask = c.mask if isinstance(c, _Coupling) else None
-            if not isinstance(mask, Halves) or (mask.k, mask.in_features + mask.out_features) != (
-                first.k, first.in_features + first.out_features
-            ):
+            if first is None or _halves_split(c) != first:
                 raise ValueError(
                     "HalfCouplings takes couplings with Halves masks that all split the same "
                     f"number of features at the same point; got {c!r:.200}"
                 )
-        self.k = first.k
+        self.k = first[0]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.memory_saving and torch.is_grad_enabled():
@@ -142,16 +139,23 @@ class HalfCouplings(Sequential):
         return self._run(y, reversed(self.layers), inverse=True)
 
     def invert(self, y: Tensor) -> Tensor:
-        return self._run(y, reversed(self.layers), inverse=True, log_det=False)[0]
+        return self._run(y, reversed(self.layers), inverse=True, with_log_det=False)[0]
 
-    def _run(self, x: Tensor, couplings, inverse: bool, log_det: bool = True) -> tuple[Tensor, Tensor | None]:
+    def _run(self, x: Tensor, couplings, inverse: bool,
+             with_log_det: bool = True) -> tuple[Tensor, Tensor | None]:
         first, second = torch.split(x, (self.k, x.shape[1] - self.k), dim=1)
         total = None
         for c in couplings:
             if c.mask.flip:
-                first, ld = c.couple_parts(second, first, inverse, log_det)
+                first, log_det = c.couple_parts(second, first, inverse, with_log_det)
             else:
-                second, ld = c.couple_parts(first, second, inverse, log_det)
-            if log_det:
-                total = ld if total is None else total + ld
+                second, log_det = c.couple_parts(first, second, inverse, with_log_det)
+            if with_log_det:
+                total = log_det if total is None else total + log_det
         return torch.cat((first, second), dim=1), total
+
+
+def _halves_split(layer: Bijector) -> tuple[int, int] | None:
+    """``(k, features)`` of a coupling with a :class:`Halves` mask; ``None`` for anything else."""
+    mask = getattr(layer, "mask", None) if isinstance(layer, _Coupling) else None
+    return (mask.k, mask.in_features + mask.out_features) if isinstance(mask, Halves) else None

@@ -104,9 +104,9 @@ def frozen_statistics(modules: Sequence[nn.Module]) -> Iterator[None]:
     finally:
         for m, flag in switched:
             setattr(m, flag, True)
-        for b, copy in saved:
+        for b, value in saved:
             # through .data: a restore is not an update that autograd should see
-            b.data.copy_(copy)
+            b.data.copy_(value)
 
 
 def _state(layer: Bijector):

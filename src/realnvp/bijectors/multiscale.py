@@ -68,24 +68,24 @@ class MultiScale(Bijector):
         return torch.cat(parts, dim=1), total
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return self._inverse(z, log_det=True)
+        return self._inverse(z, with_log_det=True)
 
     def invert(self, z: Tensor) -> Tensor:
-        return self._inverse(z, log_det=False)[0]
+        return self._inverse(z, with_log_det=False)[0]
 
-    def _inverse(self, z: Tensor, log_det: bool) -> tuple[Tensor, Tensor | None]:
+    def _inverse(self, z: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
         if z.dim() != 2 or z.shape[1] != sum(self._sizes):
             raise ValueError(f"expected a (B, {sum(self._sizes)}) latent, got {tuple(z.shape)}")
         parts = [p.reshape(z.shape[0], *s) for p, s in
                  zip(z.split(self._sizes, dim=1), self.latent_shapes, strict=True)]
-        total = zero_log_det(z) if log_det else None
+        total = zero_log_det(z) if with_log_det else None
         x = parts[-1]
         for k in reversed(range(len(self.stages))):
             if k < len(self.stages) - 1:
                 x = torch.cat((parts[k], x), dim=1)
-            if log_det:
-                x, ld = self.stages[k].inverse(x)
-                total = total + ld
+            if with_log_det:
+                x, log_det = self.stages[k].inverse(x)
+                total = total + log_det
             else:
                 x = self.stages[k].invert(x)
         return x, total

@@ -169,9 +169,11 @@ class ActNorm(Bijector):
         return _channel_affine(x, -self.bias, self.log_scale, None, inverse=False)
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        _check_channels(y, self.channels, "ActNorm")
-        return _channel_affine(y, -self.bias, self.log_scale, None, inverse=True)
+        return self._inverse(y, with_log_det=True)
 
     def invert(self, y: Tensor) -> Tensor:
+        return self._inverse(y, with_log_det=False)[0]
+
+    def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
         _check_channels(y, self.channels, "ActNorm")
-        return _channel_affine(y, -self.bias, self.log_scale, None, True, with_log_det=False)[0]
+        return _channel_affine(y, -self.bias, self.log_scale, None, True, with_log_det)
