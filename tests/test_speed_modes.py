@@ -454,3 +454,27 @@ def test_cached_eval_weights_follow_fused_optimizer_steps(optimizer):
         opt.zero_grad()
         (-model.log_prob(x).mean()).backward()
         opt.step()
+
+
+@pytest.mark.parametrize("name", ["vector-6", "image-3x8x8"])
+def test_torch_compile_computes_what_eager_mode_computes(name):
+    """``torch.compile`` of a model's bijector gives eager mode's log-likelihoods and gradients.
+    ``aot_eager`` traces through the same decompositions as the default backend without needing
+    a C++ compiler; with the weight-norm magnitudes passed 1-D, the traced ``_weight_norm``
+    broadcast them against the input dimension (a wrong shape, or wrong values for a square
+    weight), which is what this test caught."""
+    eager, _ = _pair(name)
+    compiled = copy.deepcopy(eager)
+    compiled.bijector = torch.compile(compiled.bijector, backend="aot_eager", fullgraph=True)
+    x = _data(eager, 8, torch.float64)
+    try:
+        out = []
+        for model in (eager, compiled):
+            model.train()
+            log_p = model.log_prob(x)
+            grads = torch.autograd.grad(log_p.sum(), list(model.parameters()))
+            out.append((log_p, *grads))
+        for a, b in zip(*out, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+    finally:
+        torch._dynamo.reset()

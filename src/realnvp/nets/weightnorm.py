@@ -56,12 +56,17 @@ def channels_last_on(device: torch.device, setting: bool | None = None) -> bool:
 
 
 def _weight_norm(v: Tensor, g: Tensor) -> Tensor:
-    """``g · v / ‖v‖`` per output unit; ``g`` has shape ``(out,)`` (passed as is: a reshape would
-    cost an autograd node per layer and step, which small vector flows feel)."""
+    """``g · v / ‖v‖`` per output unit; ``g`` has shape ``(out,)``.
+
+    Eager mode hands the 1-D ``g`` to the fused kernel as is (a reshape would cost an autograd
+    node per layer and step, which small vector flows feel). Under ``torch.compile`` it is
+    reshaped to ``(out, 1, ...)`` first: the traced decomposition of ``torch._weight_norm``
+    broadcasts a 1-D ``g`` against the input dimension, which gives wrong shapes, or for a square
+    weight wrong values (torch 2.13)."""
+    shape = (-1, *([1] * (v.dim() - 1)))
     fused = getattr(torch, "_weight_norm", None)
     if fused is not None:
-        return fused(v, g, 0)
-    shape = (-1, *([1] * (v.dim() - 1)))
+        return fused(v, g.view(shape) if torch.compiler.is_compiling() else g, 0)
     return v * (g / v.flatten(1).norm(dim=1)).view(shape)
 
 
