@@ -3,6 +3,7 @@
     python benchmarks/experiments.py channels-last   # WNConv2d.channels_last on/off
     python benchmarks/experiments.py threads         # 1 vs 2 intra-op threads
     python benchmarks/experiments.py compile         # torch.compile, its compile time included
+    python benchmarks/experiments.py compile --device cuda --compile-mode reduce-overhead   # + CUDA graphs
     python benchmarks/experiments.py fold            # eval/sampling with and without batch-norm folding
     python benchmarks/experiments.py phases --workload toy-2d   # forward/backward/optimizer vs FrEIA
 
@@ -51,6 +52,9 @@ def main(argv=None):
     p.add_argument("--cpu-time", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (fp32 with TF32 off)")
+    p.add_argument("--compile-mode", default="default",
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile's mode for `compile` (reduce-overhead: CUDA graphs on a GPU)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -113,7 +117,7 @@ def main(argv=None):
     else:
         compiled = build(args.workload, f"realnvp-{args.precision}")
         compiled.model.train()
-        compiled.model.bijector = torch.compile(compiled.model.bijector)
+        compiled.model.bijector = torch.compile(compiled.model.bijector, mode=args.compile_mode)
         t = time.perf_counter()
         compiled.train(x)
         first = time.perf_counter() - t
