@@ -63,7 +63,7 @@ class ResidualBlock(nn.Module):
             return weight, bn.bias - bn.running_mean * scale
 
         inputs = (conv.weight_v, conv.weight_g, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        return cached(self, "_fold_cache", inputs, fold, WNConv2d.channels_last)
+        return cached(self, "_fold_cache", inputs, fold, conv.channels_last)
 
 
 class ResNet(nn.Module):

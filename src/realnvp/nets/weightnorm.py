@@ -63,10 +63,12 @@ def _weight_norm(v: Tensor, g: Tensor) -> Tensor:
     reshaped to ``(out, 1, ...)`` first: the traced decomposition of ``torch._weight_norm``
     broadcasts a 1-D ``g`` against the input dimension, which gives wrong shapes, or for a square
     weight wrong values (torch 2.13)."""
-    shape = (-1, *([1] * (v.dim() - 1)))
     fused = getattr(torch, "_weight_norm", None)
+    if fused is not None and not torch.compiler.is_compiling():
+        return fused(v, g, 0)
+    shape = (-1, *([1] * (v.dim() - 1)))
     if fused is not None:
-        return fused(v, g.view(shape) if torch.compiler.is_compiling() else g, 0)
+        return fused(v, g.view(shape), 0)
     return v * (g / v.flatten(1).norm(dim=1)).view(shape)
 
 
