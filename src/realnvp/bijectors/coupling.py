@@ -3,15 +3,20 @@
 Affine: ``y = b⊙x + (1−b)⊙(x⊙exp(s(b⊙x)) + t(b⊙x))``, log-det ``Σ (1−b)⊙s``.
 Inverse: ``x = b⊙y + (1−b)⊙((y − t(b⊙y))⊙exp(−s(b⊙y)))``.
 
-One helper, :meth:`_Coupling._couple`, serves both directions; only the elementwise map differs.
+The elementwise map is written once, in :meth:`_Coupling._elementwise`, for both directions;
+the layer's forward and inverse, :class:`HalfCouplings` and memory-saving backprop's fused step
+(:meth:`_Coupling.recompute_backward`) all go through it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
 import torch
 from torch import Tensor, nn
 
-from .base import Bijector, Sequential, sum_except_batch, zero_log_det
+from .base import Bijector, RecomputeResult, Sequential, sum_except_batch, zero_log_det
 from .masks import Halves, Mask
 
 
@@ -22,6 +27,9 @@ def _per_channel(p: Tensor, ndim: int) -> Tensor:
 
 
 class _Coupling(Bijector):
+    recomputable = True
+    stores_activations = True
+
     def __init__(self, mask: Mask, net: nn.Module):
         super().__init__()
         self.mask = mask
@@ -54,10 +62,18 @@ class _Coupling(Bijector):
                      with_log_det: bool = True) -> tuple[Tensor, Tensor | None]:
         """The map on the transformed part ``a`` given the conditioning part ``cond`` (as
         :meth:`Mask.split` returns them): ``(a', (B,) log-det)``, the log-det ``None`` if not
-        asked for. The inverse divides by the same ``exp(s)`` that the forward map multiplies
-        by (rather than multiplying by ``exp(−s)``): one operation fewer, and a round trip
-        rounds once less."""
+        asked for."""
         s, t = self.scale_and_shift(cond, a)
+        return self._elementwise(a, s, t, inverse, with_log_det)
+
+    @staticmethod
+    def _elementwise(a: Tensor, s: Tensor | None, t: Tensor, inverse: bool,
+                     with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+        """The coupling's formula on the transformed part, given the network's ``s`` (``None``:
+        additive) and ``t``: ``a·exp(s) + t`` forward, ``(a − t) / exp(s)`` inverse, with the
+        ``(B,)`` log-det ``±Σ s`` (``None`` unless ``with_log_det``). The inverse divides by the
+        same ``exp(s)`` that the forward map multiplies by (rather than multiplying by
+        ``exp(−s)``): one operation fewer, and a round trip rounds once less."""
         if s is None:
             return (a - t if inverse else a + t), (zero_log_det(a) if with_log_det else None)
         a = (a - t) / torch.exp(s) if inverse else torch.addcmul(t, a, torch.exp(s))
@@ -69,11 +85,43 @@ class _Coupling(Bijector):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self._couple(x, inverse=False)
 
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        return self._couple(y, inverse=True)
+    def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+        return self._couple(y, inverse=True, with_log_det=with_log_det)
 
-    def invert(self, y: Tensor) -> Tensor:
-        return self._couple(y, inverse=True, with_log_det=False)[0]
+    def recompute_backward(self, y: Tensor, g_y: Tensor, g_ld: Tensor, *, params: list[Tensor],
+                           freeze: Callable[[], AbstractContextManager[None]], state: object | None,
+                           need_x_grad: bool) -> RecomputeResult:
+        """:meth:`Bijector.recompute_backward` with one evaluation of the s/t network for the
+        inverse and the re-run: the network's input ``condition(x)`` equals ``condition(y)`` bit
+        for bit (the conditioning part passes through unchanged), so the network runs once, with
+        autograd on, on ``condition(y)``; its ``s`` and ``t`` give ``x`` through the inverse
+        formula (no graph) and then ``y`` again through the forward formula (graph), and one
+        :func:`torch.autograd.grad` call gives every gradient. ``state`` is unused: batch norms
+        inside the network use the statistics of the recomputed batch."""
+        mask = self.mask
+        with torch.enable_grad():
+            cond = mask.condition(y).detach().requires_grad_(need_x_grad)
+            with freeze():
+                s, t = self.scale_and_shift(cond, y)
+            with torch.no_grad():
+                x = mask.merge(y, self._elementwise(mask.active(y), s, t, True, False)[0])
+            x_leaf = x.detach().requires_grad_(need_x_grad)
+            a_y, log_det = self._elementwise(mask.active(x_leaf), s, t, False, True)
+            outs, grads = [mask.merge(x_leaf, a_y)], [g_y]
+            if log_det.requires_grad:  # an additive coupling's zero log-det has no graph
+                outs.append(log_det)
+                grads.append(g_ld.to(log_det.dtype))
+            inputs = ([x_leaf, cond] if need_x_grad else []) + params
+            res = torch.autograd.grad(outs, inputs, grads, allow_unused=True)
+        if not need_x_grad:
+            return x.detach(), None, res
+        g_x, g_cond = res[0], res[1]
+        if g_cond is not None:  # the gradient that reached x through the network's input
+            with torch.enable_grad():
+                x2 = x.detach().requires_grad_(True)
+                (g_through_cond,) = torch.autograd.grad(mask.condition(x2), x2, g_cond)
+            g_x = g_through_cond if g_x is None else g_x + g_through_cond
+        return x.detach(), g_x, res[2:]
 
 
 class AffineCoupling(_Coupling):
@@ -90,6 +138,11 @@ class AffineCoupling(_Coupling):
     def __init__(self, mask: Mask, net: nn.Module):
         super().__init__(mask, net)
         self.rescale = nn.Parameter(torch.ones(mask.out_features))
+
+    def penalized_parameters(self) -> list[nn.Parameter]:
+        """The scale factors ``rescale``: the paper's L2 penalty covers them (with the
+        weight-norm magnitudes of the network, which the network's own layers name)."""
+        return [self.rescale]
 
     def _scale_and_shift(self, h: Tensor, ndim: int) -> tuple[Tensor, Tensor]:
         raw, t = h.chunk(2, dim=1)
@@ -135,11 +188,8 @@ class HalfCouplings(Sequential):
             return super().forward(x)
         return self._run(x, self.layers, inverse=False)
 
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        return self._run(y, reversed(self.layers), inverse=True)
-
-    def invert(self, y: Tensor) -> Tensor:
-        return self._run(y, reversed(self.layers), inverse=True, with_log_det=False)[0]
+    def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+        return self._run(y, reversed(self.layers), inverse=True, with_log_det=with_log_det)
 
     def _run(self, x: Tensor, couplings, inverse: bool,
              with_log_det: bool = True) -> tuple[Tensor, Tensor | None]:

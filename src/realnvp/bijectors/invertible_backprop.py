@@ -10,20 +10,25 @@ walks the chain in reverse: for each layer it reconstructs the layer's input fro
 re-runs that one layer with autograd on, back-propagates through it and frees it. The peak memory
 is that of one layer's graph instead of all of them.
 
-For a coupling layer, the inverse and the re-run share one evaluation of the s/t network: the
-network's input ``condition(x)`` equals ``condition(y)`` bit for bit (a coupling passes its
-conditioning part through unchanged), so the network runs once, with autograd on, on
-``condition(y)``; its ``s`` and ``t`` give the input ``x`` (no graph) and then the output again
-(graph), and one call to :func:`torch.autograd.grad` gives the gradients. A training step
-therefore costs one extra forward pass of the s/t networks (~4/3 of plain autograd's arithmetic),
-less the last coupling of each chain, which is never recomputed: it runs under ordinary autograd.
+This module names no layer type: each layer says what it needs through the hooks of
+:class:`~realnvp.bijectors.Bijector` (its :attr:`~Bijector.recomputable` flag, its
+:meth:`~Bijector.recompute_backward` step, its :meth:`~Bijector.forward_state` and
+:meth:`~Bijector.statistics_frozen`), and the formulas stay in the layers' own modules. The
+generic step inverts without a graph and re-runs the forward map with one. A coupling's step
+(:meth:`realnvp.bijectors.AffineCoupling.recompute_backward`) shares one evaluation of the s/t
+network between the two: the network's input ``condition(x)`` equals ``condition(y)`` bit for
+bit, so its ``s`` and ``t`` give the input ``x`` (no graph) and then the output again (graph). A
+training step therefore costs one extra forward pass of the s/t networks (~4/3 of plain autograd's
+arithmetic), less the last coupling of each chain (the last layer that
+:attr:`~Bijector.stores_activations`), which is never recomputed: it runs under ordinary autograd.
 
 Batch statistics: every batch norm in a recomputed layer (the :class:`BatchNorm` bijector and the
 ``nn.BatchNorm2d`` layers in the s/t networks) uses the statistics of the recomputed batch, which
 equals the forward batch up to the round-off of the inverse, and the running averages are saved
 before each recompute and restored after it, so they are updated exactly once per step, as with
 plain autograd. The :class:`BatchNorm` bijector's training-mode inverse uses the batch statistics
-recorded during this chain's own forward pass (not whatever batch came last).
+recorded during this chain's own forward pass (its :meth:`~Bijector.forward_state`), not whatever
+batch came last.
 
 Gradients agree with plain autograd's to round-off (checked in float64 in the tests); parameters
 and the chain's input both get gradients. Autocast (bf16) is honoured: the backward re-enters the
@@ -33,28 +38,22 @@ autocast state of the forward pass.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .base import Bijector, sum_except_batch, zero_log_det
-from .coupling import _Coupling
-from .linear import Invertible1x1Conv
-from .normalization import ActNorm, BatchNorm
-from .preprocessing import Logit
-from .squeeze import Squeeze
+from .base import Bijector, Sequential, zero_log_det
 
-#: Layers that :func:`invertible_forward` knows how to recompute from their outputs. Couplings
-#: get the fused path (one s/t evaluation); the others are cheap and elementwise or per-channel,
-#: and are recomputed generically (inverse without graph, then forward with graph).
-SUPPORTED = (_Coupling, BatchNorm, ActNorm, Squeeze, Invertible1x1Conv, Logit)
+#: ``torch.nn`` batch norms (in s/t networks): frozen by switching ``track_running_stats`` off
+_TORCH_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+#: other ``torch.nn`` norms that may keep running statistics: frozen by restoring their buffers
+_TORCH_OTHER_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
 def flatten(layers: Sequence[nn.Module]) -> list[Bijector]:
     """Nested :class:`~realnvp.bijectors.Sequential` chains, flattened into one list of layers."""
-    from .base import Sequential
-
     out: list[Bijector] = []
     for layer in layers:
         if isinstance(layer, Sequential):
@@ -66,116 +65,46 @@ def flatten(layers: Sequence[nn.Module]) -> list[Bijector]:
 
 def supports(layers: Sequence[nn.Module]) -> bool:
     """Whether every layer of the (flattened) chain can be recomputed from its output."""
-    return all(isinstance(m, SUPPORTED) for m in flatten(layers))
+    return all(getattr(m, "recomputable", False) for m in flatten(layers))
 
 
 def statistics_modules(module: nn.Module) -> list[nn.Module]:
     """The modules below ``module`` (itself included) that keep statistics of the batches they
-    see: batch norms (the bijector and ``torch.nn``'s), other ``torch.nn`` norms, actnorm."""
-    stateful = (nn.modules.batchnorm._NormBase, BatchNorm, ActNorm)
-    return [m for m in module.modules() if isinstance(m, stateful)]
+    see: bijectors that :attr:`~Bijector.records_statistics` (batch norm, actnorm) and
+    ``torch.nn``'s batch and instance norms."""
+    torch_norms = _TORCH_BATCH_NORMS + _TORCH_OTHER_NORMS
+    return [m for m in module.modules()
+            if (isinstance(m, Bijector) and m.records_statistics) or isinstance(m, torch_norms)]
 
 
 @contextlib.contextmanager
 def frozen_statistics(modules: Sequence[nn.Module]) -> Iterator[None]:
     """Within the block, ``modules`` (from :func:`statistics_modules`) normalise as they would in
     their current mode but record nothing: a recomputation must not count as a second forward
-    pass. Batch norms are switched (``BatchNorm.updates_statistics``, ``torch.nn`` batch norms'
-    ``track_running_stats``): no tensor is copied. Any other stateful module has its buffers
-    saved and restored."""
-    switched: list[tuple[nn.Module, str]] = []
-    saved: list[tuple[Tensor, Tensor]] = []
-    for m in modules:
-        if isinstance(m, BatchNorm):
-            if m.updates_statistics:
-                m.updates_statistics = False
-                switched.append((m, "updates_statistics"))
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            # in training mode a torch batch norm without running statistics normalises with
-            # the batch's, exactly as it does with them, and updates nothing; in evaluation
-            # mode it updates nothing anyway
-            if m.training and m.track_running_stats:
-                m.track_running_stats = False
-                switched.append((m, "track_running_stats"))
-        else:
-            saved += [(b, b.clone()) for b in m.buffers(recurse=False)]
-    try:
+    pass. Bijectors freeze themselves (:meth:`~Bijector.statistics_frozen`; batch norm switches
+    ``updates_statistics`` off, no tensor is copied); ``torch.nn`` batch norms have their
+    ``track_running_stats`` switched off; other ``torch.nn`` norms have their buffers saved and
+    restored. Every switch is back afterwards, also after an error."""
+    with contextlib.ExitStack() as undo:
+        for m in modules:
+            if isinstance(m, Bijector):
+                undo.enter_context(m.statistics_frozen())
+            elif isinstance(m, _TORCH_BATCH_NORMS):
+                # in training mode a torch batch norm without running statistics normalises with
+                # the batch's, exactly as it does with them, and updates nothing; in evaluation
+                # mode it updates nothing anyway
+                if m.training and m.track_running_stats:
+                    m.track_running_stats = False
+                    undo.callback(setattr, m, "track_running_stats", True)
+            else:
+                for b in m.buffers(recurse=False):
+                    # through .data: a restore is not an update that autograd should see
+                    undo.callback(b.data.copy_, b.clone())
         yield
-    finally:
-        for m, flag in switched:
-            setattr(m, flag, True)
-        for b, value in saved:
-            # through .data: a restore is not an update that autograd should see
-            b.data.copy_(value)
-
-
-def _state(layer: Bijector):
-    """What a layer's training-mode inverse needs from its own forward pass."""
-    if isinstance(layer, BatchNorm) and layer.training:
-        return layer._last_stats
-    return None
 
 
 def _grad_params(layer: nn.Module) -> list[nn.Parameter]:
     return [p for p in layer.parameters() if p.requires_grad]
-
-
-def _coupling_backward(layer: _Coupling, params: list[Tensor], stats: list[nn.Module], y: Tensor,
-                       g_y: Tensor, g_ld: Tensor, need_x_grad: bool):
-    """Reconstruct a coupling's input from its output ``y`` and back-propagate ``(g_y, g_ld)``
-    through it with a single evaluation of the s/t network (``params``: the layer's trainable
-    parameters; ``stats``: its :func:`statistics_modules`)."""
-    mask = layer.mask
-    with torch.enable_grad():
-        cond = mask.condition(y).detach().requires_grad_(need_x_grad)
-        with frozen_statistics(stats):
-            s, t = layer.scale_and_shift(cond, y)
-        with torch.no_grad():
-            a_y = mask.active(y)
-            a_x = a_y - t if s is None else (a_y - t) * torch.exp(-s)
-            x = mask.merge(y, a_x)
-        x_leaf = x.detach().requires_grad_(need_x_grad)
-        a_x = mask.active(x_leaf)
-        if s is None:
-            out = [mask.merge(x_leaf, a_x + t)]
-            grads = [g_y]
-        else:
-            log_det = sum_except_batch(s)
-            out = [mask.merge(x_leaf, a_x * torch.exp(s) + t), log_det]
-            grads = [g_y, g_ld.to(log_det.dtype)]
-        inputs = ([x_leaf, cond] if need_x_grad else []) + params
-        res = torch.autograd.grad(out, inputs, grads, allow_unused=True)
-    if need_x_grad:
-        g_x, g_cond, g_params = res[0], res[1], res[2:]
-        if g_cond is not None:
-            with torch.enable_grad():
-                x2 = x.detach().requires_grad_(True)
-                (g_through_cond,) = torch.autograd.grad(mask.condition(x2), x2, g_cond)
-            g_x = g_through_cond if g_x is None else g_x + g_through_cond
-    else:
-        g_x, g_params = None, res
-    return x.detach(), g_x, g_params
-
-
-def _generic_backward(layer: Bijector, params: list[Tensor], stats: list[nn.Module], state,
-                      y: Tensor, g_y: Tensor, g_ld: Tensor, need_x_grad: bool):
-    """Reconstruct any supported layer's input with its inverse, then re-run it with autograd."""
-    with torch.no_grad():
-        if isinstance(layer, BatchNorm) and state is not None:
-            saved, layer._last_stats = layer._last_stats, state
-            try:
-                x, _ = layer.inverse(y)
-            finally:
-                layer._last_stats = saved
-        else:
-            x, _ = layer.inverse(y)
-    x_leaf = x.detach().requires_grad_(True)
-    with torch.enable_grad(), frozen_statistics(stats):
-        y_re, ld = layer(x_leaf)
-    pairs = [(o, g) for o, g in ((y_re, g_y), (ld, g_ld.to(ld.dtype))) if o.requires_grad]
-    res = torch.autograd.grad([o for o, _ in pairs], [x_leaf] + params, [g for _, g in pairs],
-                              allow_unused=True)
-    return x_leaf.detach(), (res[0] if need_x_grad else None), res[1:]
 
 
 class _InvertibleChain(torch.autograd.Function):
@@ -195,7 +124,7 @@ class _InvertibleChain(torch.autograd.Function):
         total = zero_log_det(x)
         for layer in layers:
             x, log_det = layer(x)
-            states.append(_state(layer))
+            states.append(layer.forward_state())
             total = total + log_det
         device_type = x.device.type
         ctx.autocast = (device_type, torch.is_autocast_enabled(device_type),
@@ -219,13 +148,10 @@ class _InvertibleChain(torch.autograd.Function):
         y = y.detach()
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             for i in reversed(range(len(layers))):
-                layer, params, stats = layers[i], ctx.layer_params[i], ctx.layer_stats[i]
-                need_x_grad = i > 0 or ctx.needs_input_grad[0]
-                if isinstance(layer, _Coupling):
-                    y, g_y, g_params = _coupling_backward(layer, params, stats, y, g_y, g_ld, need_x_grad)
-                else:
-                    y, g_y, g_params = _generic_backward(layer, params, stats, states[i], y, g_y, g_ld,
-                                                         need_x_grad)
+                params, stats = ctx.layer_params[i], ctx.layer_stats[i]
+                y, g_y, g_params = layers[i].recompute_backward(
+                    y, g_y, g_ld, params=params, freeze=functools.partial(frozen_statistics, stats),
+                    state=states[i], need_x_grad=i > 0 or ctx.needs_input_grad[0])
                 for p, g in zip(params, g_params, strict=True):
                     if g is not None:
                         grads[id(p)] = g if id(p) not in grads else grads[id(p)] + g
@@ -239,18 +165,19 @@ def invertible_forward(layers: Sequence[nn.Module], x: Tensor, keep_last: bool =
     """Apply a chain of bijectors as :class:`~realnvp.bijectors.Sequential` would, but with
     memory-saving backpropagation (see the module docstring).
 
-    With ``keep_last`` the chain's last coupling and everything after it run under plain autograd:
-    the backward pass starts with them, so recomputing them would buy no memory.
+    With ``keep_last`` the chain's last coupling (the last layer that
+    :attr:`~realnvp.bijectors.Bijector.stores_activations`) and everything after it run under plain
+    autograd: the backward pass starts with them, so recomputing them would buy no memory.
     Falls back to plain evaluation when no gradient is being recorded.
     """
     layers = flatten(layers)
     if not supports(layers):
-        bad = sorted({type(m).__name__ for m in layers if not isinstance(m, SUPPORTED)})
+        bad = sorted({type(m).__name__ for m in layers if not getattr(m, "recomputable", False)})
         raise TypeError(f"memory-saving backprop cannot recompute layers of type {', '.join(bad)}")
     split = len(layers)
     if keep_last:
-        couplings = [i for i, m in enumerate(layers) if isinstance(m, _Coupling)]
-        split = couplings[-1] if couplings else len(layers)
+        heavy = [i for i, m in enumerate(layers) if m.stores_activations]
+        split = heavy[-1] if heavy else len(layers)
     head, tail = layers[:split], layers[split:]
     total = zero_log_det(x)
     layer_params = [_grad_params(layer) for layer in head]
@@ -267,5 +194,5 @@ def invertible_forward(layers: Sequence[nn.Module], x: Tensor, keep_last: bool =
     return x, total
 
 
-__all__ = ["SUPPORTED", "flatten", "frozen_statistics", "invertible_forward", "statistics_modules",
+__all__ = ["flatten", "frozen_statistics", "invertible_forward", "statistics_modules",
            "supports"]

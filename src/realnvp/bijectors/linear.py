@@ -18,6 +18,8 @@ from .base import Bijector
 class Invertible1x1Conv(Bijector):
     """A learned channel-mixing linear map initialised to a random rotation."""
 
+    recomputable = True
+
     def __init__(self, channels: int, generator: torch.Generator | None = None):
         super().__init__()
         self.channels = channels
@@ -52,6 +54,6 @@ class Invertible1x1Conv(Bijector):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self._mix(x, self.weight()), self._log_det(x)
 
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
         w_inv = torch.linalg.inv(self.weight().double())
-        return self._mix(y, w_inv), -self._log_det(y)
+        return self._mix(y, w_inv), (-self._log_det(y) if with_log_det else None)

@@ -67,12 +67,6 @@ class MultiScale(Bijector):
         parts.append(x.reshape(x.shape[0], -1))
         return torch.cat(parts, dim=1), total
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return self._inverse(z, with_log_det=True)
-
-    def invert(self, z: Tensor) -> Tensor:
-        return self._inverse(z, with_log_det=False)[0]
-
     def _inverse(self, z: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
         if z.dim() != 2 or z.shape[1] != sum(self._sizes):
             raise ValueError(f"expected a (B, {sum(self._sizes)}) latent, got {tuple(z.shape)}")

@@ -6,7 +6,9 @@ log-scale is counted once per spatial position.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -85,6 +87,8 @@ class BatchNorm(Bijector):
     """
 
     updates_statistics: bool = True
+    recomputable = True
+    records_statistics = True
 
     def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-4, affine: bool = True):
         super().__init__()
@@ -122,19 +126,39 @@ class BatchNorm(Bijector):
         mean, var = self._stats(x)
         return _channel_affine(x, mean, self._log_scale(var), self.beta, inverse=False)
 
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        return self._inverse(y, with_log_det=True)
-
-    def invert(self, y: Tensor) -> Tensor:
-        return self._inverse(y, with_log_det=False)[0]
-
     def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
-        _check_channels(y, self.channels, "BatchNorm")
         if self.training and self._last_stats is not None:
-            mean, var = (s.to(y.dtype) for s in self._last_stats)
-        else:
-            mean, var = self.running_mean.to(y.dtype), self.running_var.to(y.dtype)
+            return self._inverse_with(y, self._last_stats, with_log_det)
+        return self._inverse_with(y, (self.running_mean, self.running_var), with_log_det)
+
+    def _inverse_with(self, y: Tensor, stats: tuple[Tensor, Tensor],
+                      with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+        """The inverse map with the per-channel ``(mean, var)`` given, each of shape (C,)."""
+        _check_channels(y, self.channels, "BatchNorm")
+        mean, var = (s.to(y.dtype) for s in stats)
         return _channel_affine(y, mean, self._log_scale(var), self.beta, True, with_log_det)
+
+    # memory-saving backprop (see Bijector): the training-mode inverse needs the statistics of
+    # the forward pass that produced y; recomputation switches updates_statistics off
+
+    def forward_state(self) -> tuple[Tensor, Tensor] | None:
+        """In training mode the ``(mean, var)`` of the last forward batch (detached, (C,) each)."""
+        return self._last_stats if self.training else None
+
+    def invert_from_state(self, y: Tensor, state: tuple[Tensor, Tensor] | None) -> Tensor:
+        return self.invert(y) if state is None else self._inverse_with(y, state, False)[0]
+
+    @contextlib.contextmanager
+    def statistics_frozen(self) -> Iterator[None]:
+        """Batch statistics as usual in the block, but nothing recorded (no tensor is copied)."""
+        if not self.updates_statistics:
+            yield
+            return
+        self.updates_statistics = False
+        try:
+            yield
+        finally:
+            self.updates_statistics = True
 
     def extra_repr(self) -> str:
         return f"{self.channels}, momentum={self.momentum}, eps={self.eps}"
@@ -147,6 +171,9 @@ class ActNorm(Bijector):
     ``log_scale`` so that the batch has zero mean and unit variance per channel. Log-det
     ``Σ_c log_scale_c · H·W``. The ``initialized`` flag is a buffer, so it travels in state dicts.
     """
+
+    recomputable = True
+    records_statistics = True  # the initialisation; frozen by restoring the flag
 
     def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
@@ -167,12 +194,6 @@ class ActNorm(Bijector):
         if self.training and not bool(self.initialized):
             self._initialize(x)
         return _channel_affine(x, -self.bias, self.log_scale, None, inverse=False)
-
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        return self._inverse(y, with_log_det=True)
-
-    def invert(self, y: Tensor) -> Tensor:
-        return self._inverse(y, with_log_det=False)[0]
 
     def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
         _check_channels(y, self.channels, "ActNorm")

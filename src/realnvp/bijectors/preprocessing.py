@@ -73,24 +73,49 @@ class Dequantize(Bijector):
         dtype = torch.promote_types(x.dtype, torch.float32)
         return torch.full((x.shape[0],), -d * math.log(self.num_levels), dtype=dtype, device=x.device)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, shard: tuple[int, int] = (0, 1)) -> tuple[Tensor, Tensor]:
+        """``x`` ``(B, ...)`` integer levels (any dtype; non-float input becomes float32) ->
+        ``(y, log_det)``: ``y`` of ``x``'s shape in ``[0, 1)``, ``log_det`` ``(B,)`` nats, ``−D ln K``
+        per example with ``D = x[0].numel()``.
+
+        ``shard = (rank, world)``: ``x`` holds rows ``rank::world`` of a global batch of
+        ``B·world`` rows (as a distributed sampler deals them out to ``world`` processes, every
+        shard ``B`` rows). The
+        noise is drawn for the whole global batch, ``torch.rand((B·world, ...))``, and rows
+        ``rank::world`` are kept: every process count gives each example the same noise from the
+        same seed, and the RNG moves on by a global batch on every process. ``world = 1`` (the
+        default) draws ``torch.rand_like(x)``, the same stream. The input check and the bin-edge
+        correction apply either way.
+        """
+        rank, world = shard
+        if not (world >= 1 and 0 <= rank < world):
+            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
         x = x if x.is_floating_point() else x.float()
         if self.validate_args and x.numel():
             self._check(x)
+        if world == 1:
+            u = torch.rand_like(x)
+        else:
+            u = torch.rand((x.shape[0] * world, *x.shape[1:]), dtype=x.dtype, device=x.device)
+            u = u[rank::world]
+        return self._in_bins((x + u) / self.num_levels, x), self._log_det(x)
+
+    def _in_bins(self, y: Tensor, x: Tensor) -> Tensor:
+        """``y ≈ (x + u)/K`` moved into its bin ``[x/K, (x+1)/K)`` where rounding left it out.
+
+        Rounding can put y on the edge of the next bin (x + u rounds up to x + 1 for u close to 1:
+        y = 1 for x = K − 1) or just below its own; nudge those few values back by an ulp or two,
+        so that y < 1 and floor(K·y) = x always (two passes suffice for K ≤ 65536)."""
         k = self.num_levels
-        y = (x + torch.rand_like(x)) / k
-        # Rounding can put y on the edge of the next bin (x + u rounds up to x + 1 for u close to
-        # 1: y = 1 for x = K − 1) or just below its own; nudge those few values back by an ulp or
-        # two, so that y < 1 and floor(K·y) = x always (two passes suffice for K ≤ 65536).
         eps = torch.finfo(y.dtype).eps
         for _ in range(2):
             level = torch.floor(y * k)
             y = torch.where(level > x, y * (1 - eps), torch.where(level < x, y * (1 + eps), y))
-        return y, self._log_det(x)
+        return y
 
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor]:
         x = torch.floor(y * self.num_levels).clamp_(0, self.num_levels - 1)
-        return x, -self._log_det(y)
+        return x, -self._log_det(y)  # free: a constant
 
 
 class Logit(Bijector):
@@ -98,6 +123,8 @@ class Logit(Bijector):
 
     ``log|dz/dy| = Σ [log(1 − 2α) − log p − log(1 − p)]`` with ``p = α + (1 − 2α)·y``.
     """
+
+    recomputable = True
 
     def __init__(self, alpha: float = 0.05):
         super().__init__()
@@ -118,10 +145,12 @@ class Logit(Bijector):
         log_p, log_1mp = torch.log(p), torch.log1p(-p)
         return log_p - log_1mp, self._log_det(log_p, log_1mp)
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def _inverse(self, z: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+        y = (torch.sigmoid(z) - self.alpha) / (1 - 2 * self.alpha)
+        if not with_log_det:
+            return y, None
         # log p and log(1 − p) straight from z, stable for large |z|.
         log_p, log_1mp = -F.softplus(-z), -F.softplus(z)
-        y = (torch.sigmoid(z) - self.alpha) / (1 - 2 * self.alpha)
         return y, -self._log_det(log_p, log_1mp)
 
     def extra_repr(self) -> str:

@@ -19,14 +19,16 @@ from .base import Bijector, zero_log_det
 class Squeeze(Bijector):
     """Space-to-channel reshaping; a permutation, so its log-det is zero."""
 
+    recomputable = True
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.dim() != 4 or x.shape[-1] % 2 or x.shape[-2] % 2:
             raise ValueError(f"Squeeze expects (B, C, H, W) with even H and W, got {tuple(x.shape)}")
         return F.pixel_unshuffle(x, 2), zero_log_det(x)
 
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
         if y.dim() != 4 or y.shape[1] % 4:
             raise ValueError(
                 f"Squeeze.inverse expects (B, 4C, H, W), got {tuple(y.shape)}"
             )
-        return F.pixel_shuffle(y, 2), zero_log_det(y)
+        return F.pixel_shuffle(y, 2), (zero_log_det(y) if with_log_det else None)

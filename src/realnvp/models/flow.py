@@ -12,8 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..bijectors import AffineCoupling, Bijector, Sequential
-from ..bijectors.invertible_backprop import supports
+from ..bijectors import Bijector, Sequential
 from ..nets import weight_norm_magnitudes
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -172,7 +171,7 @@ class Flow(nn.Module):
 
         def mark(module: nn.Module) -> None:
             nonlocal found
-            if isinstance(module, Sequential) and supports(module.layers):
+            if isinstance(module, Sequential) and module.recomputable:
                 module.memory_saving = bool(enabled)
                 found += 1
                 return
@@ -185,8 +184,10 @@ class Flow(nn.Module):
         return self
 
     def regularized_parameters(self) -> list[nn.Parameter]:
-        """The parameters the paper's L2 penalty covers: weight-norm magnitudes and the coupling
-        scale factors (``rescale``), and nothing else."""
+        """The parameters the paper's L2 penalty covers: weight-norm magnitudes (``weight_g``, in
+        :meth:`named_parameters` order) and then what each layer lists in its
+        :meth:`~realnvp.bijectors.Bijector.penalized_parameters` (the coupling scale factors
+        ``rescale``), and nothing else."""
         params = weight_norm_magnitudes(self)
-        params += [m.rescale for m in self.modules() if isinstance(m, AffineCoupling)]
+        params += [p for m in self.modules() if isinstance(m, Bijector) for p in m.penalized_parameters()]
         return params
