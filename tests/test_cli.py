@@ -11,28 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import TINY, cli, metrics_rows
 from realnvp.cli import main
 
-TINY = ["--set", "hidden_channels=4", "--set", "num_blocks=1", "--set", "eval_dequant_samples=1",
-        "--set", "num_samples=16", "--quiet"]
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+TINY_16 = [*TINY, "--set", "num_samples=16"]  # :data:`helpers.TINY`, and a 4x4 grid of samples
 
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "digits"
-    assert main(["train", "--epochs", "2", "--out", str(out), *TINY]) == 0
+    assert main(["train", "--epochs", "2", "--out", str(out), *TINY_16]) == 0
     return out
-
-
-def read_metrics(path):
-    with open(path / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
 def test_train_writes_a_complete_run(digits_run):
@@ -43,15 +32,15 @@ def test_train_writes_a_complete_run(digits_run):
     result = json.loads((digits_run / "eval.json").read_text())
     assert result["num_examples"] == 300 and result["epochs"] == 2
     assert 0 < result["bits_per_dim"] < 10 and result["bits_per_dim_stderr"] > 0
-    assert len(read_metrics(digits_run)) == 2
+    assert len(metrics_rows(digits_run)) == 2
     assert Image.open(digits_run / "samples.png").size[0] > 64
 
 
 def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path, digits_run):
     out = tmp_path / "resumed"
-    assert main(["train", "--epochs", "1", "--out", str(out), *TINY]) == 0
+    assert main(["train", "--epochs", "1", "--out", str(out), *TINY_16]) == 0
     assert main(["train", "--resume", str(out), "--epochs", "2", "--quiet"]) == 0
-    assert read_metrics(out) == read_metrics(digits_run)
+    assert metrics_rows(out) == metrics_rows(digits_run)
     a = json.loads((out / "eval.json").read_text())
     b = json.loads((digits_run / "eval.json").read_text())
     assert a["bits_per_dim"] == b["bits_per_dim"]
@@ -59,51 +48,51 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path, digits_
 
 def test_same_seed_same_numbers_and_other_seed_differs(tmp_path, digits_run):
     other = tmp_path / "seed1"
-    assert main(["train", "--epochs", "2", "--seed", "1", "--out", str(other), *TINY]) == 0
-    assert read_metrics(other) != read_metrics(digits_run)
+    assert main(["train", "--epochs", "2", "--seed", "1", "--out", str(other), *TINY_16]) == 0
+    assert metrics_rows(other) != metrics_rows(digits_run)
 
 
 def test_eval_sample_interpolate_score_info(tmp_path, capsys, digits_run):
-    code, out, _ = run(capsys, "eval", digits_run, "--dequant-samples", "2", "--quiet",
+    code, out, _ = cli(capsys, "eval", digits_run, "--dequant-samples", "2", "--quiet",
                        "--json", tmp_path / "e.json")
     assert code == 0 and "bits/dim over 300 examples" in out
     assert json.loads((tmp_path / "e.json").read_text())["dequant_samples"] == 2
 
-    code, out, _ = run(capsys, "sample", digits_run, "-n", "9", "--temperature", "0.5",
+    code, out, _ = cli(capsys, "sample", digits_run, "-n", "9", "--temperature", "0.5",
                        "-o", tmp_path / "grid.png")
     assert code == 0 and Image.open(tmp_path / "grid.png").size[0] > 24
-    code, _, _ = run(capsys, "sample", digits_run, "-n", "5", "-o", tmp_path / "s.npy")
+    code, _, _ = cli(capsys, "sample", digits_run, "-n", "5", "-o", tmp_path / "s.npy")
     arr = np.load(tmp_path / "s.npy")
     assert arr.shape == (5, 1, 8, 8) and arr.dtype == np.uint8
 
-    code, out, _ = run(capsys, "interpolate", digits_run, "--steps", "4", "-o", tmp_path / "m.png")
+    code, out, _ = cli(capsys, "interpolate", digits_run, "--steps", "4", "-o", tmp_path / "m.png")
     assert code == 0 and (tmp_path / "m.png").is_file()
 
     pic = tmp_path / "digit.png"
     Image.fromarray((np.arange(64).reshape(8, 8) * 4).astype(np.uint8)).save(pic)
     np.save(tmp_path / "x.npy", np.zeros((3, 1, 8, 8), dtype=np.uint8))
-    code, out, _ = run(capsys, "score", digits_run, pic, tmp_path / "x.npy")
+    code, out, _ = cli(capsys, "score", digits_run, pic, tmp_path / "x.npy")
     rows = list(csv.DictReader(out.splitlines()))
     assert code == 0 and len(rows) == 4 and all(float(r["bits_per_dim"]) > 0 for r in rows)
 
-    code, out, _ = run(capsys, "info", digits_run)
+    code, out, _ = cli(capsys, "info", digits_run)
     assert code == 0 and "parameters" in out and "2 of 2" in out
-    code, out, _ = run(capsys, "info", digits_run, "--json")
+    code, out, _ = cli(capsys, "info", digits_run, "--json")
     assert json.loads(out)["epochs_completed"] == 2
 
 
 def test_toy_data_trains_and_plots(tmp_path, capsys):
     out = tmp_path / "moons"
-    code, stdout, _ = run(capsys, "train", "--data", "toy:moons", "--epochs", "1", "--batch-size",
+    code, stdout, _ = cli(capsys, "train", "--data", "toy:moons", "--epochs", "1", "--batch-size",
                           "1024", "--out", out, "--set", "num_couplings=2", "--set", "hidden=16",
                           "--set", "num_samples=200", "--quiet")
     assert code == 0 and "nats" in stdout
     assert (out / "samples.png").is_file()
-    code, _, _ = run(capsys, "sample", out, "-n", "100", "-o", tmp_path / "s.png")
+    code, _, _ = cli(capsys, "sample", out, "-n", "100", "-o", tmp_path / "s.png")
     assert code == 0
-    code, _, _ = run(capsys, "sample", out, "-n", "10", "-o", tmp_path / "s.csv")
+    code, _, _ = cli(capsys, "sample", out, "-n", "10", "-o", tmp_path / "s.csv")
     assert np.loadtxt(tmp_path / "s.csv", delimiter=",").shape == (10, 2)
-    code, _, err = run(capsys, "interpolate", out, "-o", tmp_path / "m.png")
+    code, _, err = cli(capsys, "interpolate", out, "-o", tmp_path / "m.png")
     assert code == 2 and "image model" in err
 
 
@@ -113,7 +102,7 @@ def test_plain_vector_architecture_trains_and_reloads(tmp_path, capsys):
     from realnvp.runs import load_run
 
     out = tmp_path / "plain"
-    code, _, _ = run(capsys, "train", "--data", "toy:8gaussians", "--epochs", "1", "--batch-size",
+    code, _, _ = cli(capsys, "train", "--data", "toy:8gaussians", "--epochs", "1", "--batch-size",
                      "512", "--out", out, "--set", "num_couplings=2", "--set", "hidden=16",
                      "--set", "weight_norm=false", "--set", "batch_norm=false",
                      "--set", "num_samples=100", "--quiet")
@@ -121,7 +110,7 @@ def test_plain_vector_architecture_trains_and_reloads(tmp_path, capsys):
     model = load_run(out).model
     names = [n for n, _ in model.named_parameters()]
     assert not any("weight_g" in n for n in names) and any(n.endswith(".weight") for n in names)
-    code, stdout, _ = run(capsys, "eval", out)
+    code, stdout, _ = cli(capsys, "eval", out)
     assert code == 0 and "nats" in stdout
 
 
@@ -141,7 +130,7 @@ def test_plain_vector_architecture_trains_and_reloads(tmp_path, capsys):
 )
 def test_bad_input_gives_one_line_and_exit_2(capsys, argv, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, _, err = run(capsys, *argv)
+    code, _, err = cli(capsys, *argv)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], err
@@ -150,17 +139,17 @@ def test_bad_input_gives_one_line_and_exit_2(capsys, argv, message, tmp_path, mo
 
 
 def test_run_errors(tmp_path, capsys, digits_run):
-    code, _, err = run(capsys, "eval", tmp_path)
+    code, _, err = cli(capsys, "eval", tmp_path)
     assert code == 2 and "is not a realnvp run" in err
-    code, _, err = run(capsys, "train", "--out", digits_run, "--epochs", "1")
+    code, _, err = cli(capsys, "train", "--out", digits_run, "--epochs", "1")
     assert code == 2 and "already holds a run" in err
-    code, _, err = run(capsys, "sample", digits_run, "-o", tmp_path / "missing" / "x.png")
+    code, _, err = cli(capsys, "sample", digits_run, "-o", tmp_path / "missing" / "x.png")
     assert code == 2 and "does not exist" in err
-    code, _, err = run(capsys, "score", digits_run, tmp_path / "nothing.png")
+    code, _, err = cli(capsys, "score", digits_run, tmp_path / "nothing.png")
     assert code == 2 and "input not found" in err
     big = tmp_path / "big.png"
     Image.new("L", (28, 28)).save(big)
-    code, _, err = run(capsys, "score", digits_run, big)
+    code, _, err = cli(capsys, "score", digits_run, big)
     assert code == 2 and "expects 8x8" in err
 
     # a checkpoint from an incompatible model
@@ -174,7 +163,7 @@ def test_run_errors(tmp_path, capsys, digits_run):
     (clone / "checkpoints").mkdir()
     (clone / "checkpoints" / "last.safetensors").write_bytes(
         (digits_run / "checkpoints" / "last.safetensors").read_bytes())
-    code, _, err = run(capsys, "eval", clone)
+    code, _, err = cli(capsys, "eval", clone)
     assert code == 2 and "does not fit the model" in err
     assert len(err.strip().splitlines()) == 1
 

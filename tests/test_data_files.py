@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
 import pickle
 import struct
 import tarfile
@@ -17,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import Exploit
 from realnvp.data import DataError, DataInfo, load_dataset
 from realnvp.data import download as dl
 
@@ -179,18 +179,10 @@ def test_cifar_train_flips_by_default_reproducibly(tmp_path):
     assert 5 < sum(flipped) < 25
 
 
-class _Exploit:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_cifar_malicious_pickle_refused_and_not_executed(tmp_path):
     write_cifar(tmp_path)
     marker = tmp_path / "pwned"
-    evil = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [_Exploit(marker)]}
+    evil = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [Exploit(marker)]}
     target = tmp_path / "cifar-10-batches-py" / "data_batch_3"
     target.write_bytes(pickle.dumps(evil, protocol=2))
     with pytest.raises(DataError, match=r"data_batch_3: not a plain CIFAR batch \(refused"):

@@ -1,16 +1,20 @@
-"""Evaluation helpers: per-example bits/dim, summaries, the histogram baseline."""
+"""Evaluation helpers: per-example bits/dim, summaries, the histogram baseline, and results of a
+trained run (in process and through ``realnvp eval``) that do not depend on the batch size."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from helpers import cli
 from realnvp import RealNVP
 from realnvp.data import DataInfo
 from realnvp.evaluate import evaluate, histogram_baseline, per_example_bits_per_dim, summarize
+from realnvp.runs import load_run
 
 
 class Items(torch.utils.data.Dataset):
@@ -63,3 +67,29 @@ def test_summarize_continuous_data_reports_nats():
     out = summarize(torch.tensor([1.0, 3.0], dtype=torch.float64), info)
     assert out["nll_nats"] == pytest.approx(2.0 * 2 * math.log(2))
     assert out["bits_per_dim"] == pytest.approx(2.0)
+
+
+def test_eval_mode_results_do_not_depend_on_the_batch_size(tmp_path, capsys, reference_run):
+    run = load_run(reference_run, which="last")
+    x = torch.stack(_digits_test()[:40])
+    torch.manual_seed(5)
+    whole = per_example_bits_per_dim(run.model, x, run.info, dequant_samples=1)
+    torch.manual_seed(5)  # the same noise, drawn one example at a time
+    single = torch.cat([per_example_bits_per_dim(run.model, x[i:i + 1], run.info, 1) for i in range(40)])
+    assert torch.isfinite(whole).all()
+    torch.testing.assert_close(single, whole, rtol=1e-5, atol=1e-6)
+    results = {}
+    for batch in (1, 7, 256):
+        code, _, _ = cli(capsys, "eval", reference_run, "--quiet", "--batch-size", batch,
+                         "--dequant-samples", "1", "--seed", "3", "--json", tmp_path / f"{batch}.json")
+        assert code == 0
+        results[batch] = json.loads((tmp_path / f"{batch}.json").read_text())["bits_per_dim"]
+    assert results[1] == pytest.approx(results[256], rel=1e-6, abs=1e-6)
+    assert results[7] == pytest.approx(results[256], rel=1e-6, abs=1e-6)
+
+
+def _digits_test():
+    from realnvp.data import load_dataset
+
+    dataset, _ = load_dataset("digits", "test")
+    return [dataset[i] for i in range(len(dataset))]
