@@ -28,6 +28,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from .atomic import fsync_dir, fsync_file
+
 FORMAT = "realnvp-checkpoint-2"  # digest over tensors and metadata
 FORMATS = (FORMAT, "realnvp-checkpoint-1")  # readable; version 1's digest covers tensors only
 
@@ -50,19 +52,6 @@ def digest(tensors: dict[str, torch.Tensor], meta: str | None = None) -> str:
     if meta is not None:
         h.update(b"meta|" + meta.encode())
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - file systems that cannot sync directories
-        pass
-    finally:
-        os.close(fd)
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -107,6 +96,17 @@ def stale_temp_files(path: str | Path) -> list[Path]:
         if m and m["host"] == host and not _alive(int(m["pid"])):
             out.append(path.parent / name)
     return out
+
+
+def previous(path: str | Path) -> Path:
+    """Where :func:`save` keeps the file it replaced: ``NAME.prev``."""
+    path = Path(path)
+    return path.with_suffix(path.suffix + ".prev")
+
+
+def exists(path: str | Path) -> bool:
+    """Whether :func:`load_with_fallback` has a file to try: ``path`` or its previous one."""
+    return Path(path).exists() or previous(path).exists()
 
 
 def _is_good(path: Path) -> bool:
@@ -170,12 +170,11 @@ def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict, keep_pr
     try:
         tmp = staging / "checkpoint.partial"
         save_file(tensors, str(tmp), metadata=header)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fsync_file(tmp)
         if keep_previous and path.exists() and _is_good(path):
-            _keep_previous(path, path.with_suffix(path.suffix + ".prev"), staging)
+            _keep_previous(path, previous(path), staging)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     stamp = _stamp(path)
@@ -253,7 +252,7 @@ def load_with_fallback(path: str | Path, warn=print) -> tuple[dict[str, torch.Te
     try:
         return (*load(path), path)
     except CheckpointError as e:
-        prev = path.with_suffix(path.suffix + ".prev")
+        prev = previous(path)
         if not prev.is_file():
             raise
         try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, atomic
 
 EXIT_USAGE = 2
 
@@ -81,6 +81,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
+    return value
+
+
 def _parse_set(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -96,7 +106,7 @@ def _parse_set(items: list[str]) -> dict:
 
 def cmd_train(args) -> int:
     from .config import Config, config_file_for, read_config_file
-    from .train import train
+    from .training import train
 
     overrides = {key: getattr(args, key) for key, _ in TRAIN_FLAGS.values()
                  if getattr(args, key) is not None}
@@ -123,7 +133,7 @@ def cmd_train(args) -> int:
         _writable_dir(run_dir)
     try:
         result = train(cfg, run_dir, resume=resume, overrides=overrides if resume else None,
-                       quiet=args.quiet)
+                       quiet=args.quiet, max_steps=args.max_steps, time_budget=args.time_budget)
     except BaseException:
         # a run that failed before writing anything leaves no empty folder (rank 0 alone tidies
         # up under torchrun, so no rank removes a folder another one is about to write into)
@@ -132,7 +142,10 @@ def cmd_train(args) -> int:
             run_dir.rmdir()
         raise
     if result:
-        _print_eval(result, prefix=f"{cfg.data} test")
+        if result.get("stopped"):
+            print(f"stopped at step {result['steps']} ({result['stopped'].replace('_', ' ')}); "
+                  f"continue with: realnvp train --resume {run_dir}")
+        _print_eval(result, prefix=f"{cfg.data} {result.get('split', 'test')}")
         print(f"run: {run_dir}  (samples: {run_dir / 'samples.png'})")
     return 0
 
@@ -153,7 +166,7 @@ def _print_eval(result: dict, prefix: str) -> None:
 
 
 def _device(name: str) -> torch.device:
-    from .train import resolve_device
+    from .runtime import resolve_device
 
     return resolve_device(name)
 
@@ -166,28 +179,25 @@ def _load(args):
 
 
 def cmd_eval(args) -> int:
-    from .data import load_dataset
     from .evaluate import evaluate
-    from .train import seed_everything
+    from .runtime import seed_everything
+    from .training import load_split
 
     run = _load(args)
     cfg = run.config
-    extra = {"image_size": cfg.image_size} if cfg.image_size else {}
-    dataset, _ = load_dataset(cfg.data, args.split, args.data_dir or cfg.data_dir, seed=cfg.seed,
-                              augment=False, **extra)
+    dataset, _ = load_split(cfg, args.split, args.data_dir, augment=False)
     seed_everything(args.seed)
     result = evaluate(run.model, dataset, run.info, args.batch_size, args.dequant_samples,
                       progress=not args.quiet)
     result["split"] = args.split
     _print_eval(result, prefix=f"{cfg.data} {args.split}")
     if args.json:
-        out = _writable_file(args.json)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        atomic.write_text(_writable_file(args.json), json.dumps(result, indent=2) + "\n")
     return 0
 
 
 def cmd_sample(args) -> int:
-    from .runs import to_pixels
+    from .inputs import to_pixels
     from .viz import image_grid, samples_and_density, save
 
     if args.n < 1:
@@ -196,21 +206,21 @@ def cmd_sample(args) -> int:
         raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     out = _writable_file(args.output)
     run = _load(args)
-    g = torch.Generator().manual_seed(args.seed)
-    z = torch.randn(args.n, run.model.num_dims, generator=g).to(next(run.model.parameters()).device)
-    with torch.no_grad():
-        x = run.model.decode(z * args.temperature).cpu()
+    device = next(run.model.parameters()).device
+    x = run.model.sample(args.n, args.temperature,
+                         generator=torch.Generator(device).manual_seed(args.seed)).cpu()
     info = run.info
-    if out.suffix.lower() in (".npy", ".csv"):
+    suffix = out.suffix.lower()
+    if suffix in (".npy", ".csv"):
+        import numpy as np
+
         arr = to_pixels(x, info).numpy() if info.kind == "image" else _unstandardise(x, info)
-        if out.suffix.lower() == ".npy":
-            import numpy as np
-
-            np.save(out, arr)
-        else:
-            import numpy as np
-
-            np.savetxt(out, arr.reshape(arr.shape[0], -1), delimiter=",", fmt="%.6g")
+        with atomic.replacing(out) as tmp:
+            if suffix == ".npy":
+                with open(tmp, "wb") as f:
+                    np.save(f, arr)
+            else:
+                np.savetxt(tmp, arr.reshape(arr.shape[0], -1), delimiter=",", fmt="%.6g")
     elif info.kind == "image":
         save(image_grid(to_pixels(x, info)), out)
     elif info.dim == 2:  # drawn in the model's (standardised) coordinates
@@ -231,18 +241,15 @@ def _unstandardise(x: torch.Tensor, info):
 
 
 def cmd_interpolate(args) -> int:
-    from .data import load_dataset
-    from .runs import pixels_to_unit, to_pixels
+    from .inputs import pixels_to_unit, to_pixels
+    from .training import load_split
     from .viz import image_grid, manifold_latents, save
 
     out = _writable_file(args.output)
     run = _load(args)
     if run.info.kind != "image":
         raise UsageError("interpolate draws the paper's Figure 6 and needs an image model")
-    cfg = run.config
-    extra = {"image_size": cfg.image_size} if cfg.image_size else {}
-    dataset, _ = load_dataset(cfg.data, "test", args.data_dir or cfg.data_dir, seed=cfg.seed,
-                              augment=False, **extra)
+    dataset, _ = load_split(run.config, "test", args.data_dir, augment=False)
     if args.indices:
         idx = args.indices
         if len(idx) != 4 or any(not 0 <= i < len(dataset) for i in idx):
@@ -261,9 +268,9 @@ def cmd_interpolate(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .evaluate import per_example_bits_per_dim
+    from .evaluate import nats_per_example, per_example_bits_per_dim
+    from .runtime import seed_everything
     from .score import read_inputs
-    from .train import seed_everything
 
     run = _load(args)
     inputs = read_inputs(args.inputs, run.info)
@@ -275,8 +282,6 @@ def cmd_score(args) -> int:
     if continuous:
         header.append("nll_nats")
     w.writerow(header)
-    import math
-
     for source, batch in inputs:
         for start in range(0, batch.shape[0], args.batch_size):
             chunk = batch[start:start + args.batch_size]
@@ -284,10 +289,10 @@ def cmd_score(args) -> int:
             for i, b in enumerate(bpd.tolist()):
                 row = [source, start + i, f"{b:.6f}"]
                 if continuous:
-                    row.append(f"{b * run.info.dim * math.log(2):.6f}")
+                    row.append(f"{nats_per_example(b, run.info.dim):.6f}")
                 w.writerow(row)
     if args.output:
-        _writable_file(args.output).write_text(buf.getvalue())
+        atomic.write_text(_writable_file(args.output), buf.getvalue())
     else:
         sys.stdout.write(buf.getvalue())
     return 0
@@ -295,24 +300,27 @@ def cmd_score(args) -> int:
 
 def cmd_info(args) -> int:
     from . import checkpoint
-    from .runs import build_model, read_run_files
+    from .models.build import build_model
+    from .runs import read_run_files
+    from .training import State
 
     path, cfg, info = read_run_files(args.run)
     model = build_model(cfg, info)
     n_params = sum(p.numel() for p in model.parameters())
     state = {}
     last = path / "checkpoints" / "last.safetensors"
-    if last.exists() or last.with_suffix(".safetensors.prev").exists():
+    if checkpoint.exists(last):
         try:
             state = checkpoint.load_with_fallback(last, warn=lambda m: print(m, file=sys.stderr))[1]["state"]
         except checkpoint.CheckpointError as e:
             state = {"error": str(e)}
+    best = None if "error" in state or not state else State.from_dict(state).best_score
     eval_file = path / "eval.json"
     result = json.loads(eval_file.read_text()) if eval_file.exists() else None
     summary = {
         "run": str(path), "data": info.to_dict(), "parameters": n_params,
         "epochs_completed": state.get("epoch", 0), "epochs_planned": cfg.epochs,
-        "steps": state.get("step", 0), "best_test_bpd_during_training": state.get("best_bpd"),
+        "steps": state.get("step", 0), "best_test_bpd_during_training": best,
         "skipped_steps": state.get("skipped_steps", 0), "final_eval": result,
         "config": cfg.to_dict(),
     }
@@ -338,6 +346,10 @@ def cmd_info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import DEVICES
+    from .data.splits import SPLITS
+    from .runs import CHECKPOINTS
+
     p = _Parser(prog="realnvp", description="RealNVP normalizing flows: train, evaluate, sample.")
     p.add_argument("--version", action="version", version=f"realnvp {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -354,17 +366,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in RUN (or --out) from its last checkpoint")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any configuration key")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--max-steps", type=_positive_int, metavar="N",
+                   help="stop after N optimizer steps in all (checkpoint, evaluate; --resume goes on)")
+    t.add_argument("--time-budget", type=_positive_float, metavar="SECONDS",
+                   help="stop at the first step boundary after SECONDS of training (as --max-steps)")
     t.set_defaults(func=cmd_train)
 
     def run_args(sp, checkpoint_default="best"):
         sp.add_argument("run", help="run directory")
-        sp.add_argument("--checkpoint", choices=("best", "last"), default=checkpoint_default)
-        sp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+        sp.add_argument("--checkpoint", choices=CHECKPOINTS, default=checkpoint_default)
+        sp.add_argument("--device", default="auto", choices=DEVICES)
         sp.add_argument("--seed", type=int, default=0)
 
     e = sub.add_parser("eval", help="bits/dim over a whole split")
     run_args(e, "last")
-    e.add_argument("--split", choices=("train", "test"), default="test")
+    e.add_argument("--split", choices=SPLITS, default="test")
     e.add_argument("--data-dir")
     e.add_argument("--batch-size", type=_positive_int, default=256)
     e.add_argument("--dequant-samples", type=_positive_int, default=4)
@@ -407,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DataError
     from .runs import RunError
-    from .train import TrainingError
+    from .training import TrainingError
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:

@@ -12,7 +12,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .precision import PRECISIONS
+
 CONFIG_DIR = Path(__file__).parent / "configs"
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 class ConfigError(ValueError):
@@ -81,8 +84,7 @@ class Config:
         return (base or cls()).replace(**d)
 
 
-_CHOICES = {"coupling": ("affine", "additive"), "precision": ("fp32", "bf16"),
-            "device": ("auto", "cpu", "cuda", "mps")}
+_CHOICES = {"coupling": ("affine", "additive"), "precision": PRECISIONS, "device": DEVICES}
 _POSITIVE = ("num_scales", "hidden_channels", "num_blocks", "num_couplings", "hidden", "epochs",
              "batch_size", "eval_batch_size", "eval_dequant_samples", "num_samples", "max_bad_steps")
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
-from torch.utils.data import DistributedSampler
 
 
 @dataclass
@@ -52,15 +51,6 @@ def wrap(model: torch.nn.Module, dist: DistInfo) -> torch.nn.Module:
     # Buffers (batch-norm running averages) are identical on every rank anyway, because the
     # statistics themselves are synchronised; DDP's per-step broadcast of them is cheap.
     return DistributedDataParallel(model, device_ids=ids)
-
-
-def loader_kwargs(dataset, dist: DistInfo, seed: int) -> dict:
-    """Shuffling for one epoch: a seeded generator, or a seeded distributed sampler."""
-    if not dist.enabled:
-        return {"shuffle": True, "generator": torch.Generator().manual_seed(seed)}
-    sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank,
-                                 shuffle=True, seed=seed, drop_last=True)
-    return {"sampler": sampler}
 
 
 def all_agree(flag: bool, dist: DistInfo) -> bool:

@@ -15,9 +15,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from .bijectors import bits_per_dim
 from .data import DataInfo
+from .inputs import model_input
 from .models import Flow
 from .precision import autocast
-from .runs import model_input
+
+
+def nats_per_example(bits_per_dim, num_dims: int):
+    """Bits/dim back to nats per example, ``bpd · D · ln 2`` (continuous data: the NLL)."""
+    return bits_per_dim * num_dims * math.log(2)
 
 
 @torch.no_grad()
@@ -42,7 +47,7 @@ def summarize(bpd: torch.Tensor, info: DataInfo) -> dict:
     stderr = bpd.std().item() / math.sqrt(n) if n > 1 else float("nan")
     out = {"bits_per_dim": mean, "bits_per_dim_stderr": stderr, "num_examples": n}
     if info.num_levels is None:
-        nats = bpd * info.dim * math.log(2)
+        nats = nats_per_example(bpd, info.dim)
         out["nll_nats"] = nats.mean().item()
         out["nll_nats_stderr"] = nats.std().item() / math.sqrt(n) if n > 1 else float("nan")
     return out

@@ -1,5 +1,4 @@
-"""What ties a run together: the model a configuration describes, how a batch of data becomes the
-model's input, and loading a finished (or interrupted) run from its directory.
+"""A run on disk: reading a finished (or interrupted) run from its directory.
 
 A run directory holds ``config.json`` (resolved configuration), ``data.json`` (the data set's
 :class:`~realnvp.data.DataInfo`), ``checkpoints/{last,best}.safetensors``, ``metrics.csv``,
@@ -9,73 +8,23 @@ A run directory holds ``config.json`` (resolved configuration), ``data.json`` (t
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from . import checkpoint
-from .bijectors import Dequantize
 from .config import Config, ConfigError
 from .data import DataError, DataInfo
-from .models import Flow, RealNVP, VectorRealNVP
+from .models import Flow
+from .models.build import build_model
+
+#: The checkpoints a run keeps: the last one written, and the one with the best selection score.
+CHECKPOINTS = ("best", "last")
 
 
 class RunError(ValueError):
     """A run directory that is not a run, or a run that does not fit the code."""
-
-
-def build_model(cfg: Config, info: DataInfo) -> Flow:
-    """The flow that ``cfg`` describes for data shaped like ``info``."""
-    try:
-        if info.kind == "image":
-            return RealNVP(
-                info.shape, num_scales=cfg.num_scales, hidden_channels=cfg.hidden_channels,
-                num_blocks=cfg.num_blocks, coupling=cfg.coupling, batch_norm=cfg.batch_norm,
-                logit_alpha=cfg.logit_alpha,
-            )
-        return VectorRealNVP(
-            info.dim, num_couplings=cfg.num_couplings, hidden=cfg.hidden, num_layers=cfg.num_layers,
-            coupling=cfg.coupling, batch_norm=cfg.batch_norm, weight_norm=cfg.weight_norm,
-        )
-    except ValueError as e:
-        raise ConfigError(f"cannot build the model for {info.name} {info.shape}: {e}") from e
-
-
-def model_input(x: Tensor, info: DataInfo, dtype=torch.float32, shard: tuple[int, int] = (0, 1)
-                ) -> tuple[Tensor, Tensor | None]:
-    """A data batch to the model's input space.
-
-    Images (integers in ``[0, K−1]``) are dequantized to ``(x + u)/K`` with fresh noise; the
-    returned log-det of that scaling is ``−D ln K``. Vectors pass through (log-det ``None``).
-
-    ``shard = (rank, world)``: this batch holds rows ``rank::world`` of a global batch (as the
-    distributed sampler deals them out); the noise is drawn for the whole global batch and the
-    same rows are kept, so every process count sees the same noise for the same example.
-    """
-    if info.kind != "image":
-        return x.to(dtype), None
-    rank, world = shard
-    x = x.to(dtype)
-    if world == 1:
-        return Dequantize(info.num_levels)(x)
-    noise = torch.rand((x.shape[0] * world, *x.shape[1:]), dtype=dtype, device=x.device)[rank::world]
-    k = info.num_levels
-    return (x + noise) / k, torch.full((x.shape[0],), -info.dim * math.log(k), device=x.device)
-
-
-def to_pixels(y: Tensor, info: DataInfo) -> Tensor:
-    """Model-space images (``[0, 1]`` up to the logit margin) to uint8 ``0…255`` for display."""
-    k = info.num_levels or 256
-    levels = torch.floor(y.clamp(0, 1) * k).clamp_(0, k - 1)
-    return torch.round(levels * (255 / (k - 1))).to(torch.uint8)
-
-
-def pixels_to_unit(x: Tensor, info: DataInfo) -> Tensor:
-    """Integer pixels to the centre of their dequantization bins, ``(x + 0.5)/K`` (no noise)."""
-    return (x.float() + 0.5) / info.num_levels
 
 
 @dataclass
@@ -127,10 +76,10 @@ def load_run(path: str | Path, which: str = "best", device: str | torch.device =
     With ``use_ema`` the moving average of the weights is loaded when the run kept one.
     """
     path, cfg, info = read_run_files(path)
-    if which not in ("best", "last"):
-        raise RunError(f"checkpoint must be 'best' or 'last', got {which!r}")
+    if which not in CHECKPOINTS:
+        raise RunError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
     ckpt = path / "checkpoints" / f"{which}.safetensors"
-    if not ckpt.exists() and not ckpt.with_suffix(".safetensors.prev").exists():
+    if not checkpoint.exists(ckpt):
         raise RunError(f"{path} has no {which} checkpoint yet")
     try:
         tensors, meta, source = checkpoint.load_with_fallback(ckpt, warn=warn)

@@ -16,8 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .data import DataError, DataInfo
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from .data.images import IMAGE_EXTENSIONS
 
 
 def _image_file(path: Path, info: DataInfo) -> torch.Tensor:
@@ -82,7 +81,7 @@ def read_inputs(paths: list[str], info: DataInfo) -> list[tuple[str, torch.Tenso
         if not path.is_file():
             raise DataError(f"input not found: {path}")
         suffix = path.suffix.lower()
-        if info.kind == "image" and suffix in IMAGE_SUFFIXES:
+        if info.kind == "image" and suffix in IMAGE_EXTENSIONS:
             out.append((name, _image_file(path, info)))
         elif suffix in (".npy", ".csv", ".txt"):
             arr = _array(path, info)

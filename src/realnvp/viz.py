@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .atomic import replacing
+
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2,
                min_cell: int = 32) -> Image.Image:
@@ -106,13 +108,10 @@ def side_by_side(*images: Image.Image, pad: int = 8) -> Image.Image:
 
 
 def save(image: Image.Image, path: str | Path) -> Path:
-    """Write a PNG atomically-enough for pictures (temp name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+    """Write a PNG atomically (see :mod:`realnvp.atomic`)."""
+    with replacing(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)
 
 
 def manifold_latents(z: torch.Tensor, steps: int = 8) -> torch.Tensor:

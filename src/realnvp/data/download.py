@@ -22,6 +22,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from urllib.request import urlopen
 
+from ..atomic import replacing
 from .errors import DataError
 
 TIMEOUT_S = 60
@@ -69,11 +70,9 @@ def file_md5(path: Path) -> str:
 
 def _fetch_one(url: str, dest: Path, md5: str) -> None:
     """Stream ``url`` into ``dest`` atomically; raise DataError on a checksum mismatch."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
+    with replacing(dest) as tmp:
         digest = hashlib.md5(usedforsecurity=False)
-        with os.fdopen(fd, "wb") as out, urlopen(url, timeout=TIMEOUT_S) as response:
+        with open(tmp, "wb") as out, urlopen(url, timeout=TIMEOUT_S) as response:
             while chunk := response.read(CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
@@ -82,9 +81,6 @@ def _fetch_one(url: str, dest: Path, md5: str) -> None:
                 f"{url}: checksum mismatch for {dest.name} (md5 {digest.hexdigest()}, "
                 f"expected {md5}); file discarded"
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def fetch(name: str, filename: str, data_dir: Path) -> Path:

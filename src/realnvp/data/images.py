@@ -18,7 +18,8 @@ from torch.utils.data import Dataset
 from .datasets import coin_flip
 from .errors import DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+#: File suffixes read as images (folder data sets, ``realnvp score``), lower case.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 RESAMPLE = Image.Resampling.LANCZOS
 
 

@@ -1,0 +1,41 @@
+"""Between a data set's examples and the model's space: model input, and pixels back for display.
+
+Image data sets hold integers in ``[0, K−1]``; the model sees them dequantized to ``[0, 1)``
+(:class:`~realnvp.bijectors.Dequantize`, paper §4.1). Vector data sets are already continuous
+(standardised) and pass through.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .bijectors import Dequantize
+from .data import DataInfo
+
+
+def model_input(x: Tensor, info: DataInfo, dtype=torch.float32, shard: tuple[int, int] = (0, 1)
+                ) -> tuple[Tensor, Tensor | None]:
+    """A data batch ``(B, *shape)`` to the model's input space: ``(y, log_det)``.
+
+    Images are dequantized to ``y = (x + u)/K`` with fresh noise from the global RNG; ``log_det``
+    ``(B,)`` is that scaling's ``−D ln K``. Vectors pass through with ``log_det = None``.
+    ``shard = (rank, world)``: this batch holds rows ``rank::world`` of a global batch (see
+    :meth:`Dequantize.forward`), so every process count sees the same noise for an example.
+    """
+    x = x.to(dtype)
+    if info.kind != "image":
+        return x, None
+    return Dequantize(info.num_levels)(x, shard=shard)
+
+
+def to_pixels(y: Tensor, info: DataInfo) -> Tensor:
+    """Model-space images (``[0, 1]`` up to the logit margin) to uint8 ``0…255`` for display."""
+    k = info.num_levels or 256
+    levels = torch.floor(y.clamp(0, 1) * k).clamp_(0, k - 1)
+    return torch.round(levels * (255 / (k - 1))).to(torch.uint8)
+
+
+def pixels_to_unit(x: Tensor, info: DataInfo) -> Tensor:
+    """Integer pixels to the centre of their dequantization bins, ``(x + 0.5)/K`` (no noise)."""
+    return (x.float() + 0.5) / info.num_levels

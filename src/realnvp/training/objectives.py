@@ -1,0 +1,128 @@
+"""What training minimises, and how a run measures itself: the objective interface.
+
+The :class:`~realnvp.training.Trainer` owns the loop (steps, faults, EMA, evaluation,
+checkpoints); an :class:`Objective` says, for one training batch, which scalar to minimise and
+which value to report, and, for a model, how good it is. Objectives for the other flow families
+plug in here without touching the loop:
+
+- maximum likelihood of data through the preprocessing (:class:`MaximumLikelihood`, the paper's);
+- reverse KL ``E_q[log q(x) − log p̃(x)]`` against an unnormalised log-density, where a "batch"
+  is only a sample size and nothing is read from a data set;
+- an ELBO with a learned dequantizer ``q(u|x)`` (Flow++), or a VAE's ELBO: trainable modules of
+  the objective's own are submodules of it; the trainer optimises them with the model's
+  parameters and saves their state in the checkpoints under ``objective.``. (Under DDP such an
+  objective must wrap its own modules as the trainer wraps the model.)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..bijectors import bits_per_dim
+from ..evaluate import evaluate, histogram_baseline
+from ..inputs import model_input, to_pixels
+from ..models import Flow
+from ..precision import autocast
+from ..viz import image_grid, samples_and_density, save
+
+
+class Objective(nn.Module):
+    """The interface. ``metric`` names the reported value in ``metrics.csv``
+    (``train_<metric>``, ``<selection split>_<metric>``); :meth:`evaluate` returns a dict whose
+    ``score_key`` entry selects the best checkpoint (lower is better)."""
+
+    metric: str = "loss"
+    score_key: str = "loss"
+    unit: str = "nats"
+
+    def setup(self, ctx) -> None:
+        """Called once the run's :class:`~realnvp.training.Context` exists, before any step."""
+
+    def loss(self, ctx, batch) -> tuple[Tensor, Tensor]:
+        """``(scalar to minimise, detached scalar to report)`` for one training batch, computed
+        with ``ctx.net`` (the model, or its DDP wrapper)."""
+        raise NotImplementedError
+
+    def evaluate(self, ctx, model: Flow, final: bool, progress: bool = False) -> dict:
+        """Figures of ``model`` on the selection split; ``final``: the end-of-run evaluation
+        (``eval.json``), which may be more thorough than the one after every epoch."""
+        raise NotImplementedError
+
+    def calibration_inputs(self, ctx):
+        """Model inputs on which :meth:`EMA.calibrate` re-estimates batch statistics."""
+        return iter(())
+
+    def pictures(self, ctx, model: Flow, path: Path) -> bool:
+        """Draw what the model has learnt to ``path`` (PNG); whether anything was drawn."""
+        return False
+
+
+class MaximumLikelihood(Objective):
+    """``−log p(x)`` of data in bits/dim (paper §4.1), plus the paper's L2 penalty.
+
+    Images are dequantized with fresh uniform noise (every preprocessing Jacobian counted, so the
+    figures compare with the paper's Table 1); the loss is the batch's mean bits/dim plus
+    ``cfg.l2 · Σ θ²`` over :meth:`Flow.regularized_parameters`. Evaluation: mean bits/dim over
+    the selection split, with ``cfg.eval_dequant_samples`` noise draws at the end of the run.
+    """
+
+    metric = "bpd"
+    score_key = "bits_per_dim"
+    unit = "bits/dim"
+
+    def setup(self, ctx) -> None:
+        self.reg_params = ctx.model.regularized_parameters()
+        info = ctx.data.info
+        test = ctx.data.selection
+        self.reference = torch.stack([test[i] for i in range(min(2000, len(test)))]) \
+            if info.kind == "vector" and info.dim == 2 else None
+
+    def loss(self, ctx, x: Tensor) -> tuple[Tensor, Tensor]:
+        cfg, info = ctx.cfg, ctx.data.info
+        y, _ = model_input(x.to(ctx.device), info, shard=(ctx.dist.rank, ctx.dist.world_size))
+        with autocast(ctx.device, cfg.precision):
+            log_p = ctx.net(y)
+        bpd = bits_per_dim(log_p, info.dim, info.num_levels).mean()
+        l2 = sum(p.pow(2).sum() for p in self.reg_params) if cfg.l2 else 0.0
+        return bpd + cfg.l2 * l2, bpd.detach()
+
+    def evaluate(self, ctx, model: Flow, final: bool, progress: bool = False) -> dict:
+        cfg, data = ctx.cfg, ctx.data
+        result = evaluate(model, data.selection, data.info, cfg.eval_batch_size,
+                          cfg.eval_dequant_samples if final else 1, cfg.precision, progress=progress)
+        if final:
+            baseline = histogram_baseline(data.train, data.selection, data.info)
+            if baseline is not None:
+                result["histogram_baseline_bpd"] = baseline
+            result["split"] = data.selection_name
+        return result
+
+    def calibration_inputs(self, ctx, num_batches: int = 8):
+        """Model inputs from the first training examples (fixed, so calibration is reproducible)."""
+        train, b = ctx.data.train, ctx.cfg.batch_size
+        n = min(len(train), b * num_batches)
+        for start in range(0, n - b + 1, b):
+            x = torch.stack([train[i] for i in range(start, start + b)])
+            yield model_input(x.to(ctx.device), ctx.data.info)[0]
+
+    def pictures(self, ctx, model: Flow, path: Path) -> bool:
+        """A sample grid (images) or samples beside the density (2-D data)."""
+        cfg, info = ctx.cfg, ctx.data.info
+        if info.kind != "image" and info.dim != 2:
+            return False
+        g = torch.Generator(device=ctx.device).manual_seed(cfg.seed)
+        samples = model.sample(cfg.num_samples, cfg.sample_temperature, generator=g)
+        if info.kind == "image":
+            save(image_grid(to_pixels(samples.cpu(), info)), path)
+        else:
+            save(samples_and_density(model, samples, self.reference), path)
+        return True
+
+
+def selection_score(objective: Objective, result: dict) -> float:
+    """The value of ``result`` that selects the best checkpoint (``nan`` when absent)."""
+    return result.get(objective.score_key, math.nan)

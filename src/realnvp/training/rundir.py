@@ -1,0 +1,46 @@
+"""A run's directory: checking it before training, and describing the run in it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import atomic
+from ..config import Config, ConfigError
+from ..data import DataInfo
+from ..runs import RunError, read_run_files
+
+#: What ``--resume`` may change: where and how fast the run goes, and how long it is.
+RESUME_OVERRIDES = frozenset({"epochs", "device", "num_workers", "eval_batch_size", "threads"})
+
+
+def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overrides: dict) -> tuple[Config, bool]:
+    """Validate a run directory; returns ``(config to use, resuming?)``.
+
+    A resumed run continues its saved configuration, with only :data:`RESUME_OVERRIDES` changed
+    (``seed`` may be repeated, not changed). A new run needs a missing or empty directory (one
+    that holds only what a set-up cut short left behind is fine).
+    """
+    if resume:
+        _, saved, _ = read_run_files(run_dir)
+        ignored = sorted(set(overrides) - RESUME_OVERRIDES - {"seed"})
+        if ignored:
+            raise ConfigError("--resume continues the saved configuration; cannot change "
+                              + ", ".join(ignored))
+        if "seed" in overrides and overrides["seed"] != saved.seed:
+            raise ConfigError("--resume cannot change --seed (the run's numbers depend on it)")
+        return saved.replace(**{k: v for k, v in overrides.items() if k in RESUME_OVERRIDES}), True
+    if run_dir.exists() and any(p.name != "data.json" and not atomic.is_temporary(p.name)
+                                for p in run_dir.iterdir()):
+        if (run_dir / "config.json").exists():
+            raise RunError(f"{run_dir} already holds a run: add --resume to continue it, "
+                           "or choose another --out")
+        raise RunError(f"{run_dir} exists and is not empty; choose another --out")
+    return cfg, False
+
+
+def describe(run_dir: Path, cfg: Config, info: DataInfo) -> None:
+    """Write ``data.json`` then ``config.json``: the latter marks the directory as a run."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(run_dir / "data.json", json.dumps(info.to_dict(), indent=2) + "\n")
+    atomic.write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
