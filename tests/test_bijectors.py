@@ -3,18 +3,25 @@ mode, float32 and float64."""
 
 from __future__ import annotations
 
+import ast
+import copy
+import pathlib
+
 import pytest
 import torch
 
 from helpers import check_log_det, check_round_trip, perturb
+from realnvp import bijectors
 from realnvp.bijectors import (
     ActNorm,
     AdditiveCoupling,
     AffineCoupling,
     BatchNorm,
+    Bijector,
     Checkerboard,
     HalfCouplings,
     Halves,
+    Inverse,
     Invertible1x1Conv,
     Logit,
     Sequential,
@@ -321,3 +328,118 @@ def test_half_couplings_refuse_other_layers():
         HalfCouplings(vector_coupling(AffineCoupling, False, 6), BatchNorm(6))
     with pytest.raises(ValueError, match="at least one"):
         HalfCouplings()
+
+
+# --- the contract: inverse and invert written once; no module above the layers names them ------
+
+
+class _Shift(Bijector):
+    """A layer written against the contract alone: ``forward`` and ``_inverse``, nothing else."""
+
+    recomputable = True
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.shift = torch.nn.Parameter(torch.linspace(-1, 1, features))
+        self.log_scale = torch.nn.Parameter(torch.full((features,), 0.3))
+        self.asked: list[bool] = []
+
+    def forward(self, x):
+        return (x + self.shift) * torch.exp(self.log_scale), self.log_scale.sum().expand(len(x))
+
+    def _inverse(self, y, with_log_det):
+        self.asked.append(with_log_det)
+        x = y * torch.exp(-self.log_scale) - self.shift
+        return x, (-self.log_scale.sum().expand(len(y)) if with_log_det else None)
+
+
+def test_a_layer_with_forward_and_inverse_only_gets_inverse_and_invert():
+    torch.manual_seed(0)
+    layer = _Shift(3).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    y, log_det = layer(x)
+    back, inv_log_det = layer.inverse(y)
+    torch.testing.assert_close(back, x)
+    torch.testing.assert_close(inv_log_det, -log_det)
+    assert torch.equal(layer.invert(y), back)
+    assert layer.asked == [True, False]  # invert asks for no log-det
+    check_log_det(layer, x)
+    # in chains, and swapped, through the same two methods
+    chain = Sequential(layer, _Shift(3).double())
+    z, ld = chain(x)
+    torch.testing.assert_close(chain.inverse(z)[0], x)
+    torch.testing.assert_close(chain.inverse(z)[1], -ld)
+    assert torch.equal(chain.invert(z), chain.inverse(z)[0])
+    swapped = Inverse(layer)
+    torch.testing.assert_close(swapped(y)[0], x)
+    torch.testing.assert_close(swapped.inverse(x)[0], y)
+    assert torch.equal(swapped.invert(x), swapped.inverse(x)[0])
+
+
+def test_a_contract_only_layer_in_a_memory_saving_chain():
+    """Memory-saving backprop recomputes a layer it knows nothing about through the generic hooks
+    (``recomputable`` and its own inverse): gradients equal plain autograd's."""
+    torch.manual_seed(0)
+    plain = perturb(Sequential(_Shift(4), AffineCoupling(Halves(4), MLP(2, 4, hidden=8)), _Shift(4),
+                               AffineCoupling(Halves(4, flip=True), MLP(2, 4, hidden=8))), 0.1).double()
+    saving = copy.deepcopy(plain)
+    saving.memory_saving = True
+    x = torch.randn(6, 4, dtype=torch.float64)
+    outs = []
+    for model in (plain, saving):
+        xi = x.clone().requires_grad_(True)
+        y, log_det = model(xi)
+        ((y ** 2).sum() - log_det.sum()).backward()
+        outs.append((y.detach(), xi.grad, [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(outs[1][1], outs[0][1], rtol=1e-7, atol=1e-9)
+    for a, b in zip(outs[0][2], outs[1][2], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-9)
+    assert any(not asked for asked in saving[0].asked)  # recomputed through invert
+
+
+def test_no_layer_writes_inverse_or_invert_again():
+    """Only :class:`Bijector` defines ``inverse`` and ``invert``; every layer defines
+    ``_inverse``."""
+    layers = [getattr(bijectors, n) for n in bijectors.__all__]
+    layers = [c for c in layers if isinstance(c, type) and issubclass(c, Bijector)]
+    assert len(layers) > 10
+    for cls in layers:
+        for name in ("inverse", "invert"):
+            owner = next(k for k in cls.__mro__ if name in vars(k))
+            assert owner is Bijector, (cls.__name__, name, owner.__name__)
+        if cls is not Bijector:
+            assert next(k for k in cls.__mro__ if "_inverse" in vars(k)) is not Bijector, cls
+
+
+SRC = pathlib.Path(bijectors.__file__).parent.parent
+
+
+@pytest.mark.parametrize("path", ["bijectors/invertible_backprop.py", "bijectors/base.py",
+                                  "models/flow.py"])
+def test_generic_modules_import_no_concrete_layer_and_no_private_name(path):
+    """Memory-saving backprop, the bijector contract and the flow work through the layers' hooks:
+    they import no concrete layer (class or module) and no private name of another module."""
+    concrete = {n for n in bijectors.__all__
+                if isinstance(getattr(bijectors, n), type) and issubclass(getattr(bijectors, n), Bijector)
+                and n not in ("Bijector", "Sequential")}
+    layer_modules = {"coupling", "linear", "masks", "multiscale", "normalization", "preprocessing",
+                     "squeeze"}
+    tree = ast.parse((SRC / path).read_text())
+    imported: list[tuple[str, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            imported += [(node.module or "", a.name) for a in node.names]
+        elif isinstance(node, ast.Import):
+            imported += [(a.name, "") for a in node.names]
+    assert imported
+    for module, name in imported:
+        assert name not in concrete, (path, module, name)
+        assert not name.startswith("_") or name == "__future__", (path, module, name)
+        assert not set(module.split(".")) & layer_modules, (path, module, name)
+    text = (SRC / path).read_text()
+    for name in concrete | {"_Coupling", "_last_stats"}:  # nor names them in code
+        code = [n.id for n in ast.walk(tree) if isinstance(n, ast.Name)]
+        code += [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)]
+        assert name not in code, (path, name)
+    assert "SUPPORTED" not in text

@@ -104,3 +104,58 @@ def test_logit_inverse_is_stable_far_out():
     z = torch.tensor([[-40.0, 40.0]], dtype=torch.float64)
     y, log_det = logit.inverse(z)
     assert torch.isfinite(y).all() and torch.isfinite(log_det).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dequantize_shards_interleave_to_one_global_draw(dtype):
+    """``shard=(r, 2)``: each of two processes draws the global batch's noise and keeps its rows
+    ``r::2``; interleaved, the two shards are one world-1 draw of the global batch from the same
+    seed (``rand_like`` of the global batch is the stream of ``rand`` of its shape), and every
+    process's RNG ends where the world-1 draw leaves it."""
+    deq = Dequantize(17)
+    x = torch.randint(0, 17, (8, 2, 3, 3), generator=torch.Generator().manual_seed(0)).to(dtype)
+    x[0, 0, 0, 0] = 16  # the top level, where the bin-edge correction matters most
+    torch.manual_seed(5)
+    whole, log_det = deq(x)
+    after_whole = torch.rand(1)
+    torch.manual_seed(5)
+    like = torch.rand_like(x)
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(x.shape, dtype=dtype), like)
+    shards = []
+    for rank in range(2):
+        torch.manual_seed(5)
+        y, ld = deq(x[rank::2], shard=(rank, 2))
+        assert torch.equal(torch.rand(1), after_whole)
+        assert y.dtype == dtype and torch.equal(ld, log_det[rank::2])
+        shards.append(y)
+    merged = torch.empty_like(whole)
+    merged[0::2], merged[1::2] = shards
+    assert torch.equal(merged, whole)
+    assert torch.equal(deq.inverse(merged)[0], x) and merged.max() < 1
+    torch.manual_seed(5)  # world 1 given explicitly is the default
+    assert torch.equal(deq(x, shard=(0, 1))[0], whole)
+
+
+def test_dequantize_shard_applies_the_input_check_and_the_bin_edges(monkeypatch):
+    deq = Dequantize(4)
+    x = torch.randint(0, 4, (6, 5))
+    with pytest.raises(ValueError, match="non-integer"):
+        deq(x + 0.5, shard=(1, 2))
+    with pytest.raises(ValueError, match=r"in \[0, 3\]"):
+        deq(x + 4, shard=(0, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        deq(torch.full((2, 5), float("nan")), shard=(0, 2))
+    for bad in [(2, 2), (-1, 2), (0, 0)]:
+        with pytest.raises(ValueError, match="shard"):
+            deq(x, shard=bad)
+    # the largest float32 below one, which torch.rand can draw: 3 + u rounds up to 4, so y would
+    # be 1; the correction puts it back into the top bin, sharded as unsharded
+    u = torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)).item()
+    top = torch.full((3, 4), 3.0)
+    monkeypatch.setattr(torch, "rand", lambda size, **kw: torch.full(size, u, **kw))
+    monkeypatch.setattr(torch, "rand_like", lambda t: torch.full_like(t, u))
+    assert float(torch.tensor(3.0) + u) == 4.0
+    for shard in [(0, 1), (1, 2)]:
+        y, _ = deq(top, shard=shard)
+        assert y.max() < 1 and torch.equal(deq.inverse(y)[0], top), shard

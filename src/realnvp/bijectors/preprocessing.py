@@ -79,13 +79,12 @@ class Dequantize(Bijector):
         per example with ``D = x[0].numel()``.
 
         ``shard = (rank, world)``: ``x`` holds rows ``rank::world`` of a global batch of
-        ``B·world`` rows (as a distributed sampler deals them out to ``world`` processes, every
-        shard ``B`` rows). The
-        noise is drawn for the whole global batch, ``torch.rand((B·world, ...))``, and rows
-        ``rank::world`` are kept: every process count gives each example the same noise from the
-        same seed, and the RNG moves on by a global batch on every process. ``world = 1`` (the
-        default) draws ``torch.rand_like(x)``, the same stream. The input check and the bin-edge
-        correction apply either way.
+        ``B·world`` rows (as a distributed sampler deals them out to ``world`` processes, ``B``
+        rows each). The noise is drawn for the whole global batch, ``torch.rand((B·world, ...))``,
+        and rows ``rank::world`` are kept: every process count gives each example the same noise
+        from the same seed, and the RNG moves on by a global batch on every process. ``world = 1``
+        (the default) draws ``torch.rand_like(x)``, the same stream. The input check and the
+        bin-edge correction apply either way.
         """
         rank, world = shard
         if not (world >= 1 and 0 <= rank < world):
