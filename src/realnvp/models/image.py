@@ -62,7 +62,7 @@ class RealNVP(Flow):
         validate_args: bool = True,
         memory_saving: bool = False,
     ):
-        c, h, w = in_shape
+        _, h, w = in_shape
         if coupling not in COUPLINGS:
             raise ValueError(f"coupling must be one of {sorted(COUPLINGS)}, got {coupling!r}")
         if num_scales < 1:
@@ -73,34 +73,8 @@ class RealNVP(Flow):
                 f"input {h}x{w} cannot be squeezed {num_scales - 1} times "
                 f"(H and W must be divisible by {f} and leave at least 2x2 at the last scale)"
             )
-        coupling_cls = COUPLINGS[coupling]
-        affine = coupling == "affine"
-
-        def layer(mask: Mask, channels: int, hidden: int) -> list[Bijector]:
-            """A coupling on ``channels`` channels, then (optionally) batch norm on its output."""
-            out = mask.out_features * (2 if affine else 1)
-            net = ResNet(mask.in_features, out, hidden=hidden, num_blocks=num_blocks,
-                         out_bias=affine or not batch_norm)
-            layers: list[Bijector] = [coupling_cls(mask, net)]
-            if batch_norm:
-                layers.append(BatchNorm(channels, momentum=bn_momentum))
-            return layers
-
-        stages: list[Bijector] = []
-        c_now, h_now, w_now, hidden = c, h, w, hidden_channels
-        for k in range(num_scales):
-            last = k == num_scales - 1
-            layers: list[Bijector] = []
-            for i in range(4 if last else 3):
-                layers += layer(Checkerboard(c_now, h_now, w_now, parity=i % 2), c_now, hidden)
-            if not last:
-                layers.append(Squeeze())
-                c_now, h_now, w_now, hidden = 4 * c_now, h_now // 2, w_now // 2, 2 * hidden
-                for i in range(3):
-                    layers += layer(Halves(c_now, flip=bool(i % 2)), c_now, hidden)
-                c_now //= 2
-            stages.append(Sequential(*layers))
-
+        stages = _stages(in_shape, num_scales, hidden_channels, num_blocks, coupling, batch_norm,
+                         bn_momentum)
         body = MultiScale(stages, in_shape)
         bijector = body if logit_alpha is None else Sequential(Logit(logit_alpha), body)
         super().__init__(
@@ -117,3 +91,38 @@ class RealNVP(Flow):
         if memory_saving:
             self.memory_saving_(True)
 
+
+def _stages(in_shape: tuple[int, int, int], num_scales: int, hidden_channels: int, num_blocks: int,
+            coupling: str, batch_norm: bool, bn_momentum: float) -> list[Bijector]:
+    """One :class:`Sequential` per scale (see :class:`RealNVP`), built layer by layer in order
+    (the order in which the initial weights are drawn). Stage k acts on ``(C_k, H_k, W_k)``:
+    ``(C_0, H_0, W_0) = in_shape``; a squeeze makes it ``(4C, H/2, W/2)`` and the s/t networks
+    twice as wide, and the factor-out then halves the channels."""
+    coupling_cls = COUPLINGS[coupling]
+    affine = coupling == "affine"
+
+    def layer(mask: Mask, channels: int, hidden: int) -> list[Bijector]:
+        """A coupling on ``channels`` channels, then (optionally) batch norm on its output."""
+        out = mask.out_features * (2 if affine else 1)
+        net = ResNet(mask.in_features, out, hidden=hidden, num_blocks=num_blocks,
+                     out_bias=affine or not batch_norm)
+        layers: list[Bijector] = [coupling_cls(mask, net)]
+        if batch_norm:
+            layers.append(BatchNorm(channels, momentum=bn_momentum))
+        return layers
+
+    stages: list[Bijector] = []
+    (c_now, h_now, w_now), hidden = in_shape, hidden_channels
+    for k in range(num_scales):
+        last = k == num_scales - 1
+        layers: list[Bijector] = []
+        for i in range(4 if last else 3):
+            layers += layer(Checkerboard(c_now, h_now, w_now, parity=i % 2), c_now, hidden)
+        if not last:
+            layers.append(Squeeze())
+            c_now, h_now, w_now, hidden = 4 * c_now, h_now // 2, w_now // 2, 2 * hidden
+            for i in range(3):
+                layers += layer(Halves(c_now, flip=bool(i % 2)), c_now, hidden)
+            c_now //= 2
+        stages.append(Sequential(*layers))
+    return stages
