@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from torch.utils.data import Subset
 
-import realnvp.train as train_mod
 from realnvp.config import Config
+from realnvp.training import Faults, load_training_data, train
 
 EPOCHS = 30
 MB = 1 << 20
@@ -33,23 +33,18 @@ def rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
+class TwoBadStepsEvery20(Faults):
+    """Two bad steps in a row every 5 epochs: skip, skip, roll back."""
+
+    calls = 0
+
+    def loss(self, ctx, loss):
+        self.calls += 1
+        return loss * float("nan") if self.calls % 20 in (6, 7) else loss
+
+
 @pytest.mark.slow
-def test_many_short_epochs_do_not_grow_memory(tmp_path, monkeypatch):
-    real_load, real_loss = train_mod.load_dataset, train_mod._train_loss
-
-    def load(name, split="train", *args, **kwargs):
-        dataset, info = real_load(name, split, *args, **kwargs)
-        return Subset(dataset, range(128 if split == "train" else 64)), info
-
-    calls = []
-
-    def loss(*args, **kwargs):  # two bad steps in a row every 5 epochs: skip, skip, roll back
-        calls.append(None)
-        value, bpd = real_loss(*args, **kwargs)
-        return (value * float("nan") if len(calls) % 20 in (6, 7) else value), bpd
-
-    monkeypatch.setattr(train_mod, "load_dataset", load)
-    monkeypatch.setattr(train_mod, "_train_loss", loss)
+def test_many_short_epochs_do_not_grow_memory(tmp_path):
     rss, messages = {}, []
 
     def log(message: str) -> None:
@@ -60,7 +55,9 @@ def test_many_short_epochs_do_not_grow_memory(tmp_path, monkeypatch):
     cfg = Config().replace(epochs=EPOCHS, hidden_channels=4, num_blocks=1, batch_size=32,
                            eval_dequant_samples=1, num_samples=4, sample_every=1, max_bad_steps=2,
                            device="cpu")
-    train_mod.train(cfg, tmp_path / "run", quiet=True, log=log)
+    data = load_training_data(cfg)
+    data.train, data.test = Subset(data.train, range(128)), Subset(data.test, range(64))
+    train(cfg, tmp_path / "run", quiet=True, log=log, data=data, faults=TwoBadStepsEvery20())
 
     assert sorted(rss) == list(range(1, EPOCHS + 1))
     assert sum("rolled back" in m for m in messages) == 6  # the fault path was soaked too

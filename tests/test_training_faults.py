@@ -28,7 +28,6 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
-import realnvp.train as train_mod
 from helpers import (
     CORRUPTIONS,
     ENV,
@@ -46,18 +45,16 @@ from helpers import (
 from realnvp import checkpoint
 from realnvp.config import Config
 from realnvp.runs import RunError
+from realnvp.training import Faults, TrainingError, load_training_data, train
 
 
-@pytest.fixture
-def small_digits(monkeypatch):
-    """The digits data set cut to 192 training and 64 test examples (6 steps of 32 an epoch)."""
-    real = train_mod.load_dataset
-
-    def load(name, split="train", *args, **kwargs):
-        dataset, info = real(name, split, *args, **kwargs)
-        return Subset(dataset, range(192 if split == "train" else 64)), info
-
-    monkeypatch.setattr(train_mod, "load_dataset", load)
+@pytest.fixture(scope="module")
+def small_digits():
+    """The digits data set cut to 192 training and 64 test examples (6 steps of 32 an epoch),
+    given to the trainer through its ``data`` seam."""
+    data = load_training_data(tiny_config())
+    data.train, data.test = Subset(data.train, range(192)), Subset(data.test, range(64))
+    return data
 
 
 def tiny_config(**changes) -> Config:
@@ -100,38 +97,34 @@ def differences(a: dict, b: dict) -> list[str]:
     return out
 
 
-class Faults:
-    """Wraps ``realnvp.train._train_loss``: a snapshot of the model and optimizer at every call
-    (before the step), and a NaN loss or a NaN gradient on the chosen calls."""
+class Recording(Faults):
+    """The trainer's fault hooks: a snapshot of the model and optimizer before every step, and a
+    NaN loss or a NaN gradient on the chosen steps (counted over the run, skipped ones too)."""
 
-    def __init__(self, monkeypatch, nan_loss=(), nan_grad=()):
+    def __init__(self, nan_loss=(), nan_grad=()):
         self.nan_loss, self.nan_grad = set(nan_loss), set(nan_grad)
-        self.snapshots, self.optimizers = [], []
-        real_loss, real_adam, faults = train_mod._train_loss, torch.optim.Adam, self
+        self.snapshots = []
 
-        class RecordingAdam(real_adam):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                faults.optimizers.append(self)
+    def before_step(self, ctx):
+        self.snapshots.append(snapshot(ctx.model, ctx.optimizer))
 
-        def loss(model, *args, **kwargs):
-            n = len(self.snapshots)
-            self.snapshots.append(snapshot(model, self.optimizers[-1]))
-            value, bpd = real_loss(model, *args, **kwargs)  # moves batch-norm statistics
-            if n in self.nan_loss:
-                value = value * float("nan")
-            if n in self.nan_grad:
-                value = PoisonGradient.apply(value)
-            return value, bpd
-
-        monkeypatch.setattr(train_mod, "_train_loss", loss)
-        monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    def loss(self, ctx, loss):
+        n = len(self.snapshots) - 1
+        if n in self.nan_loss:
+            loss = loss * float("nan")
+        if n in self.nan_grad:
+            loss = PoisonGradient.apply(loss)
+        return loss
 
 
-def test_a_non_finite_step_is_skipped_without_a_trace(tmp_path, monkeypatch, small_digits):
-    faults = Faults(monkeypatch, nan_loss={2}, nan_grad={4, 9})
+def quiet_train(cfg, run, data, log=None, **kwargs):
+    return train(cfg, run, quiet=True, log=log or (lambda *a: None), data=data, **kwargs)
+
+
+def test_a_non_finite_step_is_skipped_without_a_trace(tmp_path, small_digits):
+    faults = Recording(nan_loss={2}, nan_grad={4, 9})
     log = []
-    train_mod.train(tiny_config(), tmp_path / "run", quiet=True, log=log.append)
+    quiet_train(tiny_config(), tmp_path / "run", small_digits, log.append, faults=faults)
     snaps = faults.snapshots
     assert len(snaps) == 12
     for bad in (2, 4, 9):
@@ -148,12 +141,12 @@ def test_a_non_finite_step_is_skipped_without_a_trace(tmp_path, monkeypatch, sma
 
 
 def test_repeated_faults_roll_back_to_the_last_checkpoint_with_half_the_learning_rate(
-        tmp_path, monkeypatch, small_digits):
+        tmp_path, small_digits):
     # Epoch 1: calls 0-5. Epoch 2: two good steps, then three bad ones in a row (max_bad_steps=3).
-    faults = Faults(monkeypatch, nan_loss={8, 10}, nan_grad={9})
+    faults = Recording(nan_loss={8, 10}, nan_grad={9})
     log = []
     cfg = tiny_config(max_bad_steps=3)
-    train_mod.train(cfg, tmp_path / "run", quiet=True, log=log.append)
+    quiet_train(cfg, tmp_path / "run", small_digits, log.append, faults=faults)
     snaps = faults.snapshots
     assert len(snaps) == 12
     assert any(m == "rolled back to epoch 1; learning rate now 0.0005" for m in log), log
@@ -168,17 +161,25 @@ def test_repeated_faults_roll_back_to_the_last_checkpoint_with_half_the_learning
     # The halved learning rate is part of the run: saved, and kept when the run is resumed.
     state = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.safetensors")[1]["state"]
     assert state["lr_scale"] == 0.5 and state["skipped_steps"] == 3
-    train_mod.train(cfg, tmp_path / "run", resume=True, overrides={"epochs": 3}, quiet=True,
-                    log=log.append)
+    quiet_train(cfg, tmp_path / "run", small_digits, log.append, faults=faults, resume=True,
+                overrides={"epochs": 3})
     assert metrics_rows(tmp_path / "run")[-1]["lr"] == "0.0005"
     assert faults.snapshots[-1]["lr"] == pytest.approx(5e-4)
 
 
-def test_faults_before_the_first_checkpoint_stop_the_run_with_one_line(tmp_path, monkeypatch, capsys,
-                                                                        small_digits):
-    Faults(monkeypatch, nan_loss=set(range(100)))
+def test_faults_before_the_first_checkpoint_stop_the_run_with_one_line(tmp_path, small_digits):
+    log = []
+    with pytest.raises(TrainingError, match="2 non-finite steps in a row before the first checkpoint"):
+        quiet_train(tiny_config(epochs=1, max_bad_steps=2), tmp_path / "run", small_digits, log.append,
+                    faults=Recording(nan_loss=set(range(100))))
+    assert sum("step skipped" in m for m in log) == 2
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_diverging_run_stops_the_command_in_one_line_with_exit_1(tmp_path, capsys):
+    # a learning rate of 1e30 makes every step after the first non-finite
     code, out, err = cli(capsys, "train", "--out", tmp_path / "run", "--epochs", "1", "--batch-size", "32",
-                         "--set", "max_bad_steps=2", *TINY_CPU)
+                         "--lr", "1e30", "--set", "max_bad_steps=2", *TINY_CPU)
     assert code == 1
     assert "2 non-finite steps in a row before the first checkpoint" in one_line(err)
     assert out.count("step skipped") == 2
@@ -187,7 +188,7 @@ def test_faults_before_the_first_checkpoint_stop_the_run_with_one_line(tmp_path,
 
 def test_same_seed_same_checkpoint_bit_for_bit(tmp_path, small_digits):
     for name in ("a", "b"):
-        train_mod.train(tiny_config(epochs=1), tmp_path / name, quiet=True, log=lambda *a: None)
+        quiet_train(tiny_config(epochs=1), tmp_path / name, small_digits)
     a, meta_a = checkpoint.load(tmp_path / "a" / "checkpoints" / "last.safetensors")
     b, meta_b = checkpoint.load(tmp_path / "b" / "checkpoints" / "last.safetensors")
     assert same(a, b) and meta_a["state"] == meta_b["state"]
@@ -201,20 +202,17 @@ class Crash(BaseException):
     """Stands for a SIGKILL: nothing after it runs (no ``except Exception`` catches it)."""
 
 
-def test_crash_between_last_and_best_checkpoint_loses_nothing(tmp_path, monkeypatch, small_digits):
+def test_crash_between_last_and_best_checkpoint_loses_nothing(tmp_path, small_digits):
     run = tmp_path / "run"
-    real_save = checkpoint.save
 
-    def save(path, tensors, meta, **kwargs):
-        if Path(path).name == "best.safetensors" and meta["state"]["epoch"] == 2:
-            raise Crash
-        real_save(path, tensors, meta, **kwargs)
+    class CrashBeforeBest(Faults):
+        def before_checkpoint(self, ctx, path):
+            if path.name == "best.safetensors" and ctx.state.epoch == 2:
+                raise Crash
 
-    monkeypatch.setattr(checkpoint, "save", save)
     with pytest.raises(Crash):
-        train_mod.train(tiny_config(), run, quiet=True, log=lambda *a: None)
-    monkeypatch.setattr(checkpoint, "save", real_save)
-    train_mod.train(tiny_config(), run, resume=True, quiet=True, log=lambda *a: None)
+        quiet_train(tiny_config(), run, small_digits, faults=CrashBeforeBest())
+    quiet_train(tiny_config(), run, small_digits, resume=True)
     last, last_meta = checkpoint.load(run / "checkpoints" / "last.safetensors")
     best, best_meta = checkpoint.load(run / "checkpoints" / "best.safetensors")
     rows = metrics_rows(run)
@@ -226,7 +224,7 @@ def test_crash_between_last_and_best_checkpoint_loses_nothing(tmp_path, monkeypa
 
 def test_crash_while_metrics_are_rewritten_on_resume_loses_no_rows(tmp_path, monkeypatch, small_digits):
     run = tmp_path / "run"
-    train_mod.train(tiny_config(epochs=1), run, quiet=True, log=lambda *a: None)
+    quiet_train(tiny_config(epochs=1), run, small_digits)
     before = metrics_rows(run)
     real = csv.DictWriter.writerows
 
@@ -235,8 +233,7 @@ def test_crash_while_metrics_are_rewritten_on_resume_loses_no_rows(tmp_path, mon
 
     monkeypatch.setattr(csv.DictWriter, "writerows", writerows)
     with pytest.raises(Crash):
-        train_mod.train(tiny_config(epochs=1), run, resume=True, overrides={"epochs": 2}, quiet=True,
-                        log=lambda *a: None)
+        quiet_train(tiny_config(epochs=1), run, small_digits, resume=True, overrides={"epochs": 2})
     monkeypatch.setattr(csv.DictWriter, "writerows", real)
     assert metrics_rows(run) == before
 
@@ -254,12 +251,12 @@ def test_crash_while_the_run_directory_is_set_up_leaves_a_usable_directory(tmp_p
 
     monkeypatch.setattr(json, "dumps", dumps)
     with pytest.raises(Crash):
-        train_mod.train(tiny_config(epochs=1), run, quiet=True, log=lambda *a: None)
+        quiet_train(tiny_config(epochs=1), run, small_digits)
     monkeypatch.setattr(json, "dumps", real)
     try:  # what a user would do: resume it, or else start it again
-        train_mod.train(tiny_config(epochs=1), run, resume=True, quiet=True, log=lambda *a: None)
+        quiet_train(tiny_config(epochs=1), run, small_digits, resume=True)
     except RunError:
-        train_mod.train(tiny_config(epochs=1), run, quiet=True, log=lambda *a: None)
+        quiet_train(tiny_config(epochs=1), run, small_digits)
     assert len(metrics_rows(run)) == 1
 
 
