@@ -1,0 +1,62 @@
+"""The ``realnvp`` command: train, eval, sample, interpolate, score, info.
+
+Every user error (unknown data set or option, a directory that is not a run, a checkpoint that
+does not fit, an output that cannot be written, bad input data) ends with one line on stderr and
+exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .. import __version__
+from . import runs, train
+from .common import EXIT_USAGE, Parser, UsageError
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="realnvp", description="RealNVP normalizing flows: train, evaluate, sample.")
+    p.add_argument("--version", action="version", version=f"realnvp {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", parser_class=Parser)
+    train.add_parser(sub)
+    runs.add_parsers(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..checkpoint import CheckpointError
+    from ..config import ConfigError
+    from ..data import DataError
+    from ..runs import RunError
+    from ..training import TrainingError
+
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            raise UsageError("realnvp: choose a command: train, eval, sample, interpolate, score, info "
+                             "(realnvp --help)")
+        return args.func(args)
+    except (UsageError, ConfigError, DataError, RunError, CheckpointError) as e:
+        if debug:
+            raise
+        print(f"error: {e}" if not str(e).startswith("realnvp") else f"{e}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if debug:
+            raise
+        print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""What every command shares: the one-line user error, output checks, number types, printing."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + message
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def writable_file(path: str) -> Path:
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise UsageError(f"output {p} is a directory; give a file name")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {p}: directory {parent} does not exist")
+    try:
+        with open(parent / f".{p.name}.probe", "w"):
+            pass
+        (parent / f".{p.name}.probe").unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write {p}: {e.strerror or e}") from e
+    return p
+
+
+def writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # one probe per process: under torchrun every rank probes the same folder at once
+        probe = path / f".probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write to run directory {path}: {e.strerror or e}") from e
+    return path
+
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
+    return value
+
+
+def print_eval(result: dict, prefix: str) -> None:
+    line = (f"{prefix}: {result['bits_per_dim']:.4f} ± {result['bits_per_dim_stderr']:.4f} bits/dim "
+            f"over {result['num_examples']} examples")
+    if "nll_nats" in result:
+        line += f"; NLL {result['nll_nats']:.4f} ± {result['nll_nats_stderr']:.4f} nats"
+    if result.get("dequant_samples"):
+        line += f" ({result['dequant_samples']} dequantization draws)"
+    print(line)
+    if result.get("histogram_baseline_bpd") is not None:
+        print(f"  (per-pixel histogram baseline: {result['histogram_baseline_bpd']:.4f} bits/dim)")

@@ -1,0 +1,240 @@
+"""The commands that read a finished (or interrupted) run: eval, sample, interpolate, score, info."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+
+import torch
+
+from .. import atomic
+from .common import UsageError, positive_int, print_eval, writable_file
+
+
+def _device(name: str) -> torch.device:
+    from ..runtime import resolve_device
+
+    return resolve_device(name)
+
+
+def _load(args):
+    from ..runs import load_run
+
+    return load_run(args.run, which=args.checkpoint, device=_device(args.device),
+                    warn=lambda m: print(m, file=sys.stderr))
+
+
+def cmd_eval(args) -> int:
+    from ..evaluate import evaluate
+    from ..runtime import seed_everything
+    from ..training import load_split
+
+    run = _load(args)
+    cfg = run.config
+    dataset, _ = load_split(cfg, args.split, args.data_dir, augment=False)
+    seed_everything(args.seed)
+    result = evaluate(run.model, dataset, run.info, args.batch_size, args.dequant_samples,
+                      progress=not args.quiet)
+    result["split"] = args.split
+    print_eval(result, prefix=f"{cfg.data} {args.split}")
+    if args.json:
+        atomic.write_text(writable_file(args.json), json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from ..inputs import to_pixels
+    from ..viz import image_grid, samples_and_density, save
+
+    if args.n < 1:
+        raise UsageError(f"-n must be >= 1, got {args.n}")
+    if not 0 <= args.temperature < float("inf"):
+        raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    out = writable_file(args.output)
+    run = _load(args)
+    device = next(run.model.parameters()).device
+    x = run.model.sample(args.n, args.temperature,
+                         generator=torch.Generator(device).manual_seed(args.seed)).cpu()
+    info = run.info
+    suffix = out.suffix.lower()
+    if suffix in (".npy", ".csv"):
+        import numpy as np
+
+        arr = to_pixels(x, info).numpy() if info.kind == "image" else _unstandardise(x, info)
+        with atomic.replacing(out) as tmp:
+            if suffix == ".npy":
+                with open(tmp, "wb") as f:
+                    np.save(f, arr)
+            else:
+                np.savetxt(tmp, arr.reshape(arr.shape[0], -1), delimiter=",", fmt="%.6g")
+    elif info.kind == "image":
+        save(image_grid(to_pixels(x, info)), out)
+    elif info.dim == 2:  # drawn in the model's (standardised) coordinates
+        save(samples_and_density(run.model, x), out)
+    else:
+        raise UsageError(f"{info.dim}-dimensional samples cannot be drawn; use -o FILE.csv or .npy")
+    print(f"wrote {args.n} samples at temperature {args.temperature} to {out}")
+    return 0
+
+
+def _unstandardise(x: torch.Tensor, info):
+    import numpy as np
+
+    arr = x.double().numpy()
+    if info.mean is not None:
+        arr = arr * np.asarray(info.std) + np.asarray(info.mean)
+    return arr
+
+
+def cmd_interpolate(args) -> int:
+    from ..inputs import pixels_to_unit, to_pixels
+    from ..training import load_split
+    from ..viz import image_grid, manifold_latents, save
+
+    out = writable_file(args.output)
+    run = _load(args)
+    if run.info.kind != "image":
+        raise UsageError("interpolate draws the paper's Figure 6 and needs an image model")
+    dataset, _ = load_split(run.config, "test", args.data_dir, augment=False)
+    if args.indices:
+        idx = args.indices
+        if len(idx) != 4 or any(not 0 <= i < len(dataset) for i in idx):
+            raise UsageError(f"--indices needs 4 test indices in [0, {len(dataset) - 1}]")
+    else:
+        g = torch.Generator().manual_seed(args.seed)
+        idx = torch.randperm(len(dataset), generator=g)[:4].tolist()
+    x = torch.stack([dataset[i] for i in idx])
+    device = next(run.model.parameters()).device
+    with torch.no_grad():
+        z = run.model.encode(pixels_to_unit(x, run.info).to(device))
+        images = run.model.decode(manifold_latents(z, args.steps)).cpu()
+    save(image_grid(to_pixels(images, run.info), nrow=args.steps), out)
+    print(f"wrote the {args.steps}x{args.steps} latent manifold of test examples {idx} to {out}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from ..evaluate import nats_per_example, per_example_bits_per_dim
+    from ..runtime import seed_everything
+    from ..score import read_inputs
+
+    run = _load(args)
+    inputs = read_inputs(args.inputs, run.info)
+    seed_everything(args.seed)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    header = ["source", "index", "bits_per_dim"]
+    continuous = run.info.num_levels is None
+    if continuous:
+        header.append("nll_nats")
+    w.writerow(header)
+    for source, batch in inputs:
+        for start in range(0, batch.shape[0], args.batch_size):
+            chunk = batch[start:start + args.batch_size]
+            bpd = per_example_bits_per_dim(run.model, chunk, run.info, args.dequant_samples).cpu()
+            for i, b in enumerate(bpd.tolist()):
+                row = [source, start + i, f"{b:.6f}"]
+                if continuous:
+                    row.append(f"{nats_per_example(b, run.info.dim):.6f}")
+                w.writerow(row)
+    if args.output:
+        atomic.write_text(writable_file(args.output), buf.getvalue())
+    else:
+        sys.stdout.write(buf.getvalue())
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .. import checkpoint
+    from ..models.build import build_model
+    from ..runs import read_run_files
+    from ..training import State
+
+    path, cfg, info = read_run_files(args.run)
+    model = build_model(cfg, info)
+    n_params = sum(p.numel() for p in model.parameters())
+    state = {}
+    last = path / "checkpoints" / "last.safetensors"
+    if checkpoint.exists(last):
+        try:
+            state = checkpoint.load_with_fallback(last, warn=lambda m: print(m, file=sys.stderr))[1]["state"]
+        except checkpoint.CheckpointError as e:
+            state = {"error": str(e)}
+    best = None if "error" in state or not state else State.from_dict(state).best_score
+    eval_file = path / "eval.json"
+    result = json.loads(eval_file.read_text()) if eval_file.exists() else None
+    summary = {
+        "run": str(path), "data": info.to_dict(), "parameters": n_params,
+        "epochs_completed": state.get("epoch", 0), "epochs_planned": cfg.epochs,
+        "steps": state.get("step", 0), "best_test_bpd_during_training": best,
+        "skipped_steps": state.get("skipped_steps", 0), "final_eval": result,
+        "config": cfg.to_dict(),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"run          {path}")
+    print(f"data         {info.name} {tuple(info.shape)}, K={info.num_levels}")
+    print(f"model        {'RealNVP' if info.kind == 'image' else 'VectorRealNVP'}, {n_params:,} parameters")
+    print(f"epochs       {summary['epochs_completed']} of {cfg.epochs} ({summary['steps']} steps)")
+    best = summary["best_test_bpd_during_training"]
+    print(f"best bpd     {best:.4f}" if isinstance(best, float) else "best bpd     -")
+    if result:
+        print_eval(result, prefix="final eval  ")
+    if "error" in state:
+        print(f"checkpoint   {state['error']}")
+    print("config       " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()
+                                      if k not in ("notes", "source")))
+    return 0
+
+
+def add_parsers(sub) -> None:
+    from ..config import DEVICES
+    from ..data.splits import SPLITS
+    from ..runs import CHECKPOINTS
+
+    def run_args(sp, checkpoint_default="best"):
+        sp.add_argument("run", help="run directory")
+        sp.add_argument("--checkpoint", choices=CHECKPOINTS, default=checkpoint_default)
+        sp.add_argument("--device", default="auto", choices=DEVICES)
+        sp.add_argument("--seed", type=int, default=0)
+
+    e = sub.add_parser("eval", help="bits/dim over a whole split")
+    run_args(e, "last")
+    e.add_argument("--split", choices=SPLITS, default="test")
+    e.add_argument("--data-dir")
+    e.add_argument("--batch-size", type=positive_int, default=256)
+    e.add_argument("--dequant-samples", type=positive_int, default=4)
+    e.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("sample", help="draw samples (PNG grid, 2-D plot, or .npy/.csv)")
+    run_args(s, "last")
+    s.add_argument("-n", type=int, default=64)
+    s.add_argument("--temperature", type=float, default=0.7)
+    s.add_argument("-o", "--output", default="samples.png")
+    s.set_defaults(func=cmd_sample)
+
+    i = sub.add_parser("interpolate", help="decode the latent manifold of four test examples (paper Fig. 6)")
+    run_args(i, "last")
+    i.add_argument("-o", "--output", default="manifold.png")
+    i.add_argument("--steps", type=positive_int, default=8)
+    i.add_argument("--indices", type=int, nargs=4)
+    i.add_argument("--data-dir")
+    i.set_defaults(func=cmd_interpolate)
+
+    c = sub.add_parser("score", help="per-example bits/dim of new images or rows, as CSV")
+    run_args(c, "last")
+    c.add_argument("inputs", nargs="+", help="image files, .npy arrays or .csv files")
+    c.add_argument("-o", "--output", help="CSV file (default: stdout)")
+    c.add_argument("--batch-size", type=positive_int, default=256)
+    c.add_argument("--dequant-samples", type=positive_int, default=4)
+    c.set_defaults(func=cmd_score)
+
+    f = sub.add_parser("info", help="configuration, parameter count, progress, best bits/dim")
+    f.add_argument("run")
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=cmd_info)

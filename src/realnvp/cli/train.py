@@ -1,0 +1,96 @@
+"""``realnvp train``: a configuration from recipes, files and flags, then the trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .common import UsageError, positive_float, positive_int, print_eval, writable_dir
+
+TRAIN_FLAGS = {  # option -> (config key, type)
+    "--data": ("data", str), "--data-dir": ("data_dir", str), "--epochs": ("epochs", int),
+    "--batch-size": ("batch_size", int), "--lr": ("lr", float), "--device": ("device", str),
+    "--seed": ("seed", int), "--precision": ("precision", str), "--ema-decay": ("ema_decay", float),
+    "--warmup-steps": ("warmup_steps", int), "--image-size": ("image_size", int),
+    "--num-workers": ("num_workers", int), "--threads": ("threads", int),
+}
+
+
+def _parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def cmd_train(args) -> int:
+    from ..config import Config, config_file_for, read_config_file
+    from ..training import train
+
+    overrides = {key: getattr(args, key) for key, _ in TRAIN_FLAGS.values()
+                 if getattr(args, key) is not None}
+    if args.download:
+        overrides["download"] = True
+    overrides.update(_parse_set(args.set or []))
+    resume = args.resume is not None
+    out = args.out or (args.resume if isinstance(args.resume, str) else None)
+    if resume and out is None:
+        raise UsageError("--resume needs the run directory (--resume RUN or --out RUN)")
+    if args.config:
+        cfg = read_config_file(args.config)
+    else:
+        data = overrides.get("data", Config.data)
+        recipe = config_file_for(data)
+        cfg = read_config_file(recipe) if recipe else Config()
+    cfg = cfg.replace(**overrides)
+    if out is None:
+        safe = cfg.data.replace(":", "-")
+        out = f"runs/{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(out)
+    created = not resume and not run_dir.exists()
+    if not resume:
+        writable_dir(run_dir)
+    try:
+        result = train(cfg, run_dir, resume=resume, overrides=overrides if resume else None,
+                       quiet=args.quiet, max_steps=args.max_steps, time_budget=args.time_budget)
+    except BaseException:
+        # a run that failed before writing anything leaves no empty folder (rank 0 alone tidies
+        # up under torchrun, so no rank removes a folder another one is about to write into)
+        if created and os.environ.get("RANK", "0") == "0" and run_dir.is_dir() \
+                and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
+    if result:
+        if result.get("stopped"):
+            print(f"stopped at step {result['steps']} ({result['stopped'].replace('_', ' ')}); "
+                  f"continue with: realnvp train --resume {run_dir}")
+        print_eval(result, prefix=f"{cfg.data} {result.get('split', 'test')}")
+        print(f"run: {run_dir}  (samples: {run_dir / 'samples.png'})")
+    return 0
+
+
+def add_parser(sub) -> None:
+    t = sub.add_parser("train", help="train a model (default: the embedded digits data set)")
+    t.add_argument("--config", help="JSON configuration file, or the name of one in configs/")
+    for flag, (key, typ) in TRAIN_FLAGS.items():
+        t.add_argument(flag, dest=key, type=typ, default=None)
+    t.add_argument("--download", action="store_true",
+                   help="download missing data (cifar10, mnist, fashion-mnist)")
+    t.add_argument("--out", help="run directory (default runs/DATA-TIME)")
+    t.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN",
+                   help="continue the run in RUN (or --out) from its last checkpoint")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any configuration key")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--max-steps", type=positive_int, metavar="N",
+                   help="stop after N optimizer steps in all (checkpoint, evaluate; --resume goes on)")
+    t.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
+                   help="stop at the first step boundary after SECONDS of training (as --max-steps)")
+    t.set_defaults(func=cmd_train)
