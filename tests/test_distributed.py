@@ -64,8 +64,8 @@ def _worker(rank, init_file, out_file, sync):
     dist.barrier()  # no rank may tear gloo down while another is still using it
     dist.destroy_process_group()
     # The result is on disk. Leave without the interpreter's teardown: gloo's threads can still
-    # abort a process there ("terminate called without an active exception"; seen in 3 of 30
-    # runs on a loaded 2-core machine even with the wrapper dropped), which fails mp.spawn.
+    # abort a process there ("terminate called without an active exception"; 2 of 21 runs on a
+    # 2-core machine, even with the wrapper dropped), which fails mp.spawn.
     os._exit(0)
 
 

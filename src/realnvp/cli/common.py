@@ -46,25 +46,25 @@ def writable_dir(path: Path) -> Path:
     return path
 
 
+def _number(text: str, kind: type, what: str, ok, bound: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+    return value
+
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    """An argparse type: an integer >= 1."""
+    return _number(text, int, "a positive integer", lambda v: v >= 1, ">= 1")
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
-    return value
+    """An argparse type: a finite number > 0."""
+    return _number(text, float, "a positive number", lambda v: 0 < v < float("inf"),
+                   "a finite number > 0")
 
 
 def print_eval(result: dict, prefix: str) -> None:

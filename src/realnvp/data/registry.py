@@ -54,6 +54,24 @@ def _present(name: str, root: Path, split: str) -> bool:
     return idx.find_idx(root, split) is not None
 
 
+def _checked(name, split: str, seed, augment, kwargs: dict) -> tuple[str, dict]:
+    """:func:`load_dataset`'s arguments checked: the normalised name and the options given."""
+    if not isinstance(name, str) or name.strip().lower() not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
+    name = name.strip().lower()
+    check_split(split)
+    if augment is not None and not isinstance(augment, bool):
+        raise DataError(f"augment must be None, True or False, got {augment!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DataError(f"seed must be an integer, got {seed!r}")
+    options = {k: v for k, v in kwargs.items() if v is not None}
+    unknown = sorted(set(options) - OPTIONS[name])
+    if unknown:
+        allowed = ", ".join(sorted(OPTIONS[name])) or "none"
+        raise DataError(f"{name}: unexpected option(s) {unknown}; accepted: {allowed}")
+    return name, options
+
+
 def load_dataset(
     name: str = "digits",
     split: str = "train",
@@ -86,19 +104,7 @@ def load_dataset(
     Raises:
         DataError: unknown name/split/option, or any missing, corrupt or invalid data.
     """
-    if not isinstance(name, str) or name.strip().lower() not in DATASETS:
-        raise DataError(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
-    name = name.strip().lower()
-    check_split(split)
-    if augment is not None and not isinstance(augment, bool):
-        raise DataError(f"augment must be None, True or False, got {augment!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise DataError(f"seed must be an integer, got {seed!r}")
-    options = {k: v for k, v in kwargs.items() if v is not None}
-    unknown = sorted(set(options) - OPTIONS[name])
-    if unknown:
-        allowed = ", ".join(sorted(OPTIONS[name])) or "none"
-        raise DataError(f"{name}: unexpected option(s) {unknown}; accepted: {allowed}")
+    name, options = _checked(name, split, seed, augment, kwargs)
     do_augment = (split == "train" and name in FLIP_DATASETS) if augment is None else augment
 
     if name == "digits":

@@ -104,7 +104,10 @@ class Trainer:
             last = ctx.checkpoint_dir / "last.safetensors"
             if checkpoint.exists(last):
                 ctx.state = checkpoints.restore(ctx, last)
-            say(f"resuming {self.run_dir} after epoch {ctx.state.epoch} (step {ctx.state.step})")
+            st = ctx.state
+            where = (f"part-way through epoch {st.epoch + 1} (batch {st.batches_done})"
+                     if st.batches_done else f"after epoch {st.epoch}")
+            say(f"resuming {self.run_dir} {where} (step {st.step})")
         elif main:
             rundir.describe(self.run_dir, cfg, data.info)
         ctx.net = distributed.wrap(model, dist)
