@@ -6,7 +6,6 @@ noise follows the example, and the logged loss is averaged over processes.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from helpers import ENV, TINY, metrics_rows
 from realnvp import RealNVP, bits_per_dim
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -89,18 +89,12 @@ def test_one_step_on_two_processes_equals_one_process(tmp_path):
     assert abs(unsynced["loss"] - loss) > 1e-6, "per-process statistics should change the result"
 
 
-def _metrics(run):
-    with open(run / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def test_torchrun_training_matches_single_process(tmp_path):
     """End to end through the CLI: sampler, noise sharding, loss averaging, rank-0 writing. In
     float32 over many Adam steps rounding differences grow (Adam rescales even gradients that are
     pure rounding noise), so this compares at a looser tolerance than the exact one-step test."""
-    tiny = ["--epochs", "1", "--quiet", "--set", "hidden_channels=4", "--set", "num_blocks=1",
-            "--set", "eval_dequant_samples=1", "--set", "sample_every=0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    tiny = ["--epochs", "1", *TINY, "--set", "sample_every=0"]
+    env = ENV
     single, double = tmp_path / "single", tmp_path / "double"
     subprocess.run([sys.executable, "-m", "realnvp", "train", "--batch-size", "64", "--out",
                     str(single), *tiny], check=True, env=env, timeout=600, capture_output=True)
@@ -109,7 +103,7 @@ def test_torchrun_training_matches_single_process(tmp_path):
          "-m", "realnvp", "train", "--batch-size", "32", "--out", str(double), *tiny],
         env=env, timeout=600, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = _metrics(single), _metrics(double)
+    a, b = metrics_rows(single), metrics_rows(double)
     assert [r["step"] for r in a] == [r["step"] for r in b] == ["23"]
     for key in ("train_bpd", "test_bpd"):
         assert abs(float(a[0][key]) - float(b[0][key])) < 5e-3, (key, a, b)

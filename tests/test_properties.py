@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from helpers import check_log_det, check_round_trip, perturb
+from helpers import check_log_det, check_round_trip, perturb, same
 from realnvp import RealNVP, VectorRealNVP, checkpoint
 from realnvp.bijectors import (
     ActNorm,
@@ -356,10 +356,6 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
                                                                                max_size=3),
                     max_leaves=8)
-
-
-def same(a, b):
-    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
