@@ -108,8 +108,8 @@ def test_a_custom_objective_and_optimizer_plug_in_without_touching_the_loop(tmp_
             loss, bpd = super().loss(ctx, x)
             return 0.5 * loss + self.offset ** 2, 0.5 * bpd
 
-        def evaluate(self, ctx, model, final, progress=False):
-            result = super().evaluate(ctx, model, final, progress)
+        def evaluate(self, ctx, model, dataset, final, progress=False):
+            result = super().evaluate(ctx, model, dataset, final, progress)
             return {**result, "half_bpd": result["bits_per_dim"] / 2}
 
     made = []
@@ -122,8 +122,8 @@ def test_a_custom_objective_and_optimizer_plug_in_without_touching_the_loop(tmp_
     objective = HalfLikelihood()
     result = run(tiny(epochs=1), path, data, objective=objective, optimizer=sgd)
     rows = metrics_rows(path)
-    assert list(rows[0]) == ["epoch", "step", "train_half", "test_half", "lr", "skipped_steps"]
-    assert float(rows[0]["test_half"]) == pytest.approx(result["best_test_half_during_training"])
+    assert list(rows[0]) == ["epoch", "step", "train_half", "valid_half", "lr", "skipped_steps"]
+    assert float(rows[0]["valid_half"]) == pytest.approx(result["best_valid_half_during_training"])
     assert isinstance(made[0], torch.optim.SGD)
     assert any(p is objective.offset for g in made[0].param_groups for p in g["params"])
     tensors, _ = checkpoint.load(path / "checkpoints" / "last.safetensors")

@@ -216,7 +216,7 @@ def test_crash_between_last_and_best_checkpoint_loses_nothing(tmp_path, small_di
     last, last_meta = checkpoint.load(run / "checkpoints" / "last.safetensors")
     best, best_meta = checkpoint.load(run / "checkpoints" / "best.safetensors")
     rows = metrics_rows(run)
-    assert float(rows[1]["test_bpd"]) < float(rows[0]["test_bpd"])  # epoch 2 was the best
+    assert float(rows[1]["valid_bpd"]) < float(rows[0]["valid_bpd"])  # epoch 2 was the best
     assert best_meta["state"]["epoch"] == 2, "best.safetensors still holds epoch 1"
     assert same({k: v for k, v in best.items() if k.startswith("model.")},
                 {k: v for k, v in last.items() if k.startswith("model.")})

@@ -47,14 +47,18 @@ class Config:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    l2: float = 5e-5  # on weight-norm magnitudes and coupling rescales only
-    grad_clip: float = 100.0
+    l2: float = 5e-5  # × Σθ² (weight-norm magnitudes, coupling rescales), added to the NLL in nats
+    grad_clip: float = 100.0  # global norm of the gradient of that cost (nats per example)
     warmup_steps: int = 0
     ema_decay: float = 0.0  # 0 disables the moving average of weights
     precision: str = "fp32"  # fp32 | bf16 (autocast of the s/t networks)
+    # model selection: a fixed validation split carved out of the training split
+    valid_size: float = 0.1  # < 1: fraction of the training split; >= 1: examples; 0: none
+    patience: int = 0  # stop after this many epochs without a better validation score (0: never)
     # evaluation and output
     eval_batch_size: int = 256
     eval_dequant_samples: int = 4  # dequantization noise draws for the final evaluation
+    eval_importance_samples: int = 0  # draws of the importance-weighted bound (0: as many)
     sample_every: int = 1  # epochs between sample grids (0: never)
     num_samples: int = 64
     sample_temperature: float = 0.7
@@ -119,6 +123,12 @@ def _coerce(cfg: Config) -> Config:
         raise ConfigError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if not 0 <= cfg.logit_alpha < 0.5:
         raise ConfigError(f"logit_alpha must be in [0, 0.5), got {cfg.logit_alpha}")
+    if cfg.valid_size < 0 or (cfg.valid_size >= 1 and not float(cfg.valid_size).is_integer()):
+        raise ConfigError(f"valid_size must be a fraction in [0, 1) or a whole number of examples, "
+                          f"got {cfg.valid_size}")
+    for key in ("patience", "eval_importance_samples"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")
     if cfg.threads < 0:
         raise ConfigError(f"threads must be >= 0, got {cfg.threads}")
     if cfg.lr <= 0:

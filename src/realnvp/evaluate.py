@@ -26,39 +26,66 @@ def nats_per_example(bits_per_dim, num_dims: int):
 
 
 @torch.no_grad()
-def per_example_bits_per_dim(model: Flow, x: torch.Tensor, info: DataInfo, dequant_samples: int = 1,
+def per_draw_log_likelihoods(model: Flow, x: torch.Tensor, info: DataInfo, draws: int = 1,
                              precision: str = "fp32") -> torch.Tensor:
-    """``(B,)`` bits/dim of a batch (nats → bits; discrete data: dequantized, noise averaged)."""
+    """``(B, draws)`` float64 ``log p(y_s)`` in nats, each for a fresh dequantization ``y_s`` of
+    the batch (one draw for continuous data), as the model's density on ``[0, 1)^D``."""
     device = next(model.parameters()).device
-    total = torch.zeros(x.shape[0], dtype=torch.float64, device=device)
-    draws = dequant_samples if info.kind == "image" else 1
+    draws = draws if info.kind == "image" else 1
+    out = []
     for _ in range(draws):
         y, _ = model_input(x.to(device), info)
         with autocast(device, precision):
-            log_p = model.log_prob(y)
-        total += bits_per_dim(log_p.double(), info.dim, info.num_levels)
-    return total / draws
+            out.append(model.log_prob(y).double())
+    return torch.stack(out, dim=1)
 
 
-def summarize(bpd: torch.Tensor, info: DataInfo) -> dict:
-    """Mean and standard error of per-example bits/dim (and nats for continuous data)."""
-    n = bpd.numel()
-    mean = bpd.mean().item()
-    stderr = bpd.std().item() / math.sqrt(n) if n > 1 else float("nan")
-    out = {"bits_per_dim": mean, "bits_per_dim_stderr": stderr, "num_examples": n}
+def importance_weighted(log_p: torch.Tensor) -> torch.Tensor:
+    """``log (1/S) Σ_s p(y_s)`` over the last dimension (``S`` draws): a tighter bound on the
+    discrete log-likelihood than the mean of ``log p(y_s)`` (Jensen), equal to it for S = 1."""
+    return torch.logsumexp(log_p, dim=-1) - math.log(log_p.shape[-1])
+
+
+def per_example_bits_per_dim(model: Flow, x: torch.Tensor, info: DataInfo, dequant_samples: int = 1,
+                             precision: str = "fp32") -> torch.Tensor:
+    """``(B,)`` bits/dim of a batch (nats → bits; discrete data: dequantized, noise averaged)."""
+    log_p = per_draw_log_likelihoods(model, x, info, dequant_samples, precision)
+    return bits_per_dim(log_p, info.dim, info.num_levels).mean(dim=1)
+
+
+def _mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
+    n = values.numel()
+    return values.mean().item(), values.std().item() / math.sqrt(n) if n > 1 else float("nan")
+
+
+def summarize(bpd: torch.Tensor, info: DataInfo, iw_bpd: torch.Tensor | None = None) -> dict:
+    """Mean and standard error of per-example bits/dim (and nats for continuous data; and of the
+    importance-weighted bits/dim ``iw_bpd`` when given)."""
+    mean, stderr = _mean_and_stderr(bpd)
+    out = {"bits_per_dim": mean, "bits_per_dim_stderr": stderr, "num_examples": bpd.numel()}
     if info.num_levels is None:
-        nats = nats_per_example(bpd, info.dim)
-        out["nll_nats"] = nats.mean().item()
-        out["nll_nats_stderr"] = nats.std().item() / math.sqrt(n) if n > 1 else float("nan")
+        out["nll_nats"], out["nll_nats_stderr"] = _mean_and_stderr(nats_per_example(bpd, info.dim))
+    if iw_bpd is not None:
+        out["importance_weighted_bpd"], out["importance_weighted_bpd_stderr"] = _mean_and_stderr(iw_bpd)
     return out
 
 
 @torch.no_grad()
 def evaluate(model: Flow, dataset: Dataset, info: DataInfo, batch_size: int = 256,
-             dequant_samples: int = 1, precision: str = "fp32", progress: bool = False) -> dict:
-    """Bits/dim of ``dataset`` under ``model`` in eval mode (the mode is restored afterwards)."""
+             dequant_samples: int = 1, precision: str = "fp32", progress: bool = False,
+             importance_samples: int | None = None) -> dict:
+    """Bits/dim of ``dataset`` under ``model`` in eval mode (the mode is restored afterwards).
+
+    Discrete data: ``bits_per_dim`` is the mean over ``dequant_samples`` noise draws of the bound;
+    ``importance_weighted_bpd`` the :func:`importance_weighted` estimate over the first
+    ``importance_samples`` draws (default: as many; the draws are shared, so for S = S' the two
+    come from the same noise).
+    """
     if len(dataset) == 0:
         raise ValueError("cannot evaluate on an empty data set")
+    iw = importance_samples if importance_samples is not None else dequant_samples
+    discrete = info.kind == "image"
+    draws = max(dequant_samples, iw) if discrete else 1
     was_training = model.training
     model.eval()
     # Its own generator, so that iterating does not draw from the global RNG (which supplies the
@@ -69,12 +96,17 @@ def evaluate(model: Flow, dataset: Dataset, info: DataInfo, batch_size: int = 25
 
         loader = tqdm(loader, desc="eval", leave=False)
     try:
-        bpd = torch.cat([per_example_bits_per_dim(model, x, info, dequant_samples, precision).cpu()
-                         for x in loader])
+        log_p = torch.cat([per_draw_log_likelihoods(model, x, info, draws, precision).cpu()
+                           for x in loader])
     finally:
         model.train(was_training)
-    result = summarize(bpd, info)
-    result["dequant_samples"] = dequant_samples if info.kind == "image" else 0
+    bpd = bits_per_dim(log_p[:, :dequant_samples if discrete else 1], info.dim, info.num_levels)
+    iw_bpd = bits_per_dim(importance_weighted(log_p[:, :iw]), info.dim, info.num_levels) \
+        if discrete else None
+    result = summarize(bpd.mean(dim=1), info, iw_bpd)
+    result["dequant_samples"] = dequant_samples if discrete else 0
+    if discrete:
+        result["importance_samples"] = iw
     return result
 
 

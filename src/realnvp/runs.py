@@ -48,7 +48,10 @@ def read_run_files(path: str | Path) -> tuple[Path, Config, DataInfo]:
     if not cfg_file.is_file() or not data_file.is_file():
         raise RunError(f"{path} is not a realnvp run (no config.json / data.json)")
     try:
-        cfg = Config.from_dict(json.loads(cfg_file.read_text()))
+        saved = json.loads(cfg_file.read_text())
+        if isinstance(saved, dict):  # runs from before validation splits trained on all of train
+            saved.setdefault("valid_size", 0)
+        cfg = Config.from_dict(saved)
         info = DataInfo.from_dict(json.loads(data_file.read_text()))
     except (json.JSONDecodeError, ConfigError, DataError, OSError) as e:
         raise RunError(f"{path} holds an unreadable run description: {e}") from e

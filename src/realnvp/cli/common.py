@@ -68,12 +68,21 @@ def positive_float(text: str) -> float:
 
 
 def print_eval(result: dict, prefix: str) -> None:
-    line = (f"{prefix}: {result['bits_per_dim']:.4f} ± {result['bits_per_dim_stderr']:.4f} bits/dim "
-            f"over {result['num_examples']} examples")
+    """One line of figures (continuous data: NLL in nats first), the tighter bound and the
+    baseline below it."""
+    n = result["num_examples"]
+    bpd = f"{result['bits_per_dim']:.4f} ± {result['bits_per_dim_stderr']:.4f} bits/dim"
     if "nll_nats" in result:
-        line += f"; NLL {result['nll_nats']:.4f} ± {result['nll_nats_stderr']:.4f} nats"
+        line = (f"{prefix}: NLL {result['nll_nats']:.4f} ± {result['nll_nats_stderr']:.4f} nats "
+                f"({bpd}) over {n} examples")
+    else:
+        line = f"{prefix}: {bpd} over {n} examples"
     if result.get("dequant_samples"):
         line += f" ({result['dequant_samples']} dequantization draws)"
     print(line)
+    if result.get("importance_samples", 1) > 1:
+        print(f"  importance-weighted over {result['importance_samples']} draws: "
+              f"{result['importance_weighted_bpd']:.4f} ± {result['importance_weighted_bpd_stderr']:.4f}"
+              " bits/dim")
     if result.get("histogram_baseline_bpd") is not None:
         print(f"  (per-pixel histogram baseline: {result['histogram_baseline_bpd']:.4f} bits/dim)")

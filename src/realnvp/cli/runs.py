@@ -36,7 +36,7 @@ def cmd_eval(args) -> int:
     dataset, _ = load_split(cfg, args.split, args.data_dir, augment=False)
     seed_everything(args.seed)
     result = evaluate(run.model, dataset, run.info, args.batch_size, args.dequant_samples,
-                      progress=not args.quiet)
+                      progress=not args.quiet, importance_samples=args.importance_samples)
     result["split"] = args.split
     print_eval(result, prefix=f"{cfg.data} {args.split}")
     if args.json:
@@ -192,8 +192,8 @@ def cmd_info(args) -> int:
 
 def add_parsers(sub) -> None:
     from ..config import DEVICES
-    from ..data.splits import SPLITS
     from ..runs import CHECKPOINTS
+    from ..training.data import SPLITS
 
     def run_args(sp, checkpoint_default="best"):
         sp.add_argument("run", help="run directory")
@@ -207,6 +207,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--data-dir")
     e.add_argument("--batch-size", type=positive_int, default=256)
     e.add_argument("--dequant-samples", type=positive_int, default=4)
+    e.add_argument("--importance-samples", type=positive_int, metavar="S",
+                   help="draws of the importance-weighted estimate (default: --dequant-samples)")
     e.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)

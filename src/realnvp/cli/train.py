@@ -69,7 +69,10 @@ def cmd_train(args) -> int:
             run_dir.rmdir()
         raise
     if result:
-        if result.get("stopped"):
+        if result.get("stopped") == "early_stopping":
+            print(f"stopped early after epoch {result['epochs']}: no better validation score for "
+                  f"{cfg.patience} epochs")
+        elif result.get("stopped"):
             print(f"stopped at step {result['steps']} ({result['stopped'].replace('_', ' ')}); "
                   f"continue with: realnvp train --resume {run_dir}")
         print_eval(result, prefix=f"{cfg.data} {result.get('split', 'test')}")

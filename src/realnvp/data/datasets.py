@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -43,6 +45,12 @@ class ArrayImageDataset(Dataset):
 
     def __len__(self) -> int:
         return self.data.shape[0]
+
+    def unaugmented(self) -> ArrayImageDataset:
+        """The same images (shared, not copied) without the random flip."""
+        view = copy.copy(self)
+        view.flip = False
+        return view
 
     def __getitem__(self, index: int) -> torch.Tensor:
         item = self.data[index]

@@ -7,6 +7,7 @@ Pillow's LANCZOS filter (antialiased when shrinking), cropped to a square and re
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -150,3 +151,9 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.load(index, augment=True)
+
+    def unaugmented(self) -> ImageFileDataset:
+        """The same files with centre crops and no flips."""
+        view = copy.copy(self)
+        view.random_crop = view.flip = False
+        return view

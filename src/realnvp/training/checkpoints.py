@@ -57,3 +57,12 @@ def restore(ctx, path: Path) -> State:
     checkpoint.optimizer_from_tensors(ctx.optimizer, tensors, meta["optimizer"])
     checkpoint.set_rng_state(tensors, meta["rng"])
     return State.from_dict(meta["state"])
+
+
+def load_weights(ctx, model, path: Path) -> State:
+    """The weights that ``ctx`` evaluates (the moving average, if the run keeps one) from
+    checkpoint ``path`` into ``model``; returns the checkpoint's progress."""
+    tensors, meta, source = checkpoint.load_with_fallback(path, warn=ctx.log)
+    has_ema = ctx.ema is not None and any(k.startswith("ema.") for k in tensors)
+    load_state(model, tensors, "ema." if has_ema else "model.", source)
+    return State.from_dict(meta["state"])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, Subset
 
 from ..config import Config, ConfigError
 from ..data import DataInfo, load_dataset
@@ -18,14 +19,64 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % 2**63
 
 
+#: The splits a run knows: ``valid`` is carved out of the data set's training split.
+SPLITS = ("train", "valid", "test")
+
+#: Seeds the validation carve: independent of the run's seed (every run of a data set selects on
+#: the same examples) and of the data sets' own train/test splits.
+VALID_SEED = 1
+
+
+class Carved(Subset):
+    """Rows ``indices`` of ``dataset``; ``data`` (when the data set holds one) is those rows, so
+    that in-memory statistics (the histogram baseline) see the carved split."""
+
+    @property
+    def data(self):
+        whole = getattr(self.dataset, "data", None)
+        return None if whole is None else whole[torch.as_tensor(self.indices)]
+
+
+def validation_indices(n: int, valid_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, valid)`` indices (sorted) of a training split of ``n`` examples.
+
+    ``valid_size < 1`` is a fraction (rounded, at least one example), ``>= 1`` a count; the
+    examples are the first of a permutation from ``numpy.random.default_rng(VALID_SEED)``, so
+    they depend only on ``n``: the same for every run, seed and process count.
+    """
+    k = int(valid_size) if valid_size >= 1 else max(1, round(n * valid_size))
+    if not 0 < k < n:
+        raise ConfigError(f"valid_size {valid_size:g} leaves no training examples of {n}")
+    perm = np.random.default_rng(VALID_SEED).permutation(n)
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def _unaugmented(dataset: Dataset) -> Dataset:
+    view = getattr(dataset, "unaugmented", None)
+    return view() if view is not None else dataset
+
+
 def load_split(cfg: Config, split: str, data_dir: str | None = None, download: bool = False,
                augment: bool | None = None) -> tuple[Dataset, DataInfo]:
-    """Split ``split`` of the data set ``cfg`` names (``data_dir`` overrides ``cfg.data_dir``)."""
+    """Split ``split`` (one of :data:`SPLITS`) of the data set ``cfg`` names (``data_dir``
+    overrides ``cfg.data_dir``). With ``cfg.valid_size``, ``train`` is what the validation carve
+    leaves; ``valid`` is never augmented."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     extra = {"image_size": cfg.image_size} if cfg.image_size else {}
-    if augment is not None:
+    if augment is not None and split != "valid":
         extra["augment"] = augment
-    return load_dataset(cfg.data, split, data_dir or cfg.data_dir, download=download, seed=cfg.seed,
-                        **extra)
+    source = "train" if split == "valid" else split
+    dataset, info = load_dataset(cfg.data, source, data_dir or cfg.data_dir, download=download,
+                                 seed=cfg.seed, **extra)
+    if source == "test" or not cfg.valid_size:
+        if split == "valid":
+            raise ConfigError("this run has no validation split (valid_size is 0)")
+        return dataset, info
+    train, valid = validation_indices(len(dataset), cfg.valid_size)
+    if split == "valid":
+        return Carved(_unaugmented(dataset), valid.tolist()), info
+    return Carved(dataset, train.tolist()), info
 
 
 class _Skip(Sampler):
@@ -44,20 +95,25 @@ class _Skip(Sampler):
 
 @dataclass
 class TrainingData:
-    """A training split, the split that selects the model (``selection``), and the data's info.
+    """A training split, an optional validation split, a test split, and the data's info.
 
-    ``selection_name`` names the selection split in ``metrics.csv`` (``test_bpd``) and in
-    ``eval.json``. A held-out validation split, where a data set has one, takes this place.
+    The model is selected (best checkpoint, early stopping) on ``selection``: the validation
+    split, or the test split when there is none (``selection_name`` says which, in
+    ``metrics.csv``'s ``<name>_<metric>`` column and in ``eval.json``).
     """
 
     info: DataInfo
     train: Dataset
     test: Dataset
-    selection_name: str = "test"
+    valid: Dataset | None = None
 
     @property
     def selection(self) -> Dataset:
-        return self.test
+        return self.valid if self.valid is not None else self.test
+
+    @property
+    def selection_name(self) -> str:
+        return "valid" if self.valid is not None else "test"
 
     def check(self, batch_size: int, world_size: int) -> None:
         if len(self.train) < batch_size * world_size:
@@ -82,7 +138,12 @@ class TrainingData:
 
 
 def load_training_data(cfg: Config, download: bool = False) -> TrainingData:
-    """The training and selection splits of ``cfg.data`` (the training split augmented)."""
-    train, info = load_split(cfg, "train", download=download)
+    """The training (augmented), validation and test splits of ``cfg.data``; the training split
+    is read once and the validation rows are a view of it without augmentation."""
+    whole, info = load_split(cfg.replace(valid_size=0), "train", download=download)
     test, _ = load_split(cfg, "test", augment=False)
-    return TrainingData(info, train, test)
+    if not cfg.valid_size:
+        return TrainingData(info, whole, test)
+    train, valid = validation_indices(len(whole), cfg.valid_size)
+    return TrainingData(info, Carved(whole, train.tolist()), test,
+                        Carved(_unaugmented(whole), valid.tolist()))

@@ -20,6 +20,7 @@ class State:
     best_score: float = math.inf  # lowest selection score at an epoch's end (e.g. bits/dim)
     lr_scale: float = 1.0  # halved at every rollback
     skipped_steps: int = 0  # non-finite steps skipped, over the whole run
+    epochs_since_best: int = 0  # epochs that ended without a better selection score
     batches_done: int = 0  # batches of the current epoch drawn (taken or skipped)
     epoch_total: float = 0.0  # sum of the reported training values of its steps ...
     epoch_count: int = 0  # ... and their number

@@ -15,6 +15,7 @@ never written.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -205,6 +206,9 @@ class Trainer:
         ctx.log(f"rolled back to epoch {ctx.state.epoch}; learning rate now {ctx.cfg.lr * lr_scale:.3g}")
 
     def _limit_reached(self, ctx: Context) -> str | None:
+        patience = ctx.cfg.patience
+        if patience and ctx.state.batches_done == 0 and ctx.state.epochs_since_best >= patience:
+            return "early_stopping"
         if self.max_steps is not None and ctx.state.step >= self.max_steps:
             return "max_steps"
         if self.time_budget is not None and self.clock() - self.started >= self.time_budget:
@@ -218,7 +222,8 @@ class Trainer:
         cfg, state, objective = ctx.cfg, ctx.state, ctx.objective
         if ctx.ema is not None:
             ctx.ema.calibrate(objective.calibration_inputs(ctx))
-        result = objective.evaluate(ctx, ctx.eval_model, final=False) if ctx.main else {}
+        result = objective.evaluate(ctx, ctx.eval_model, ctx.data.selection, final=False) \
+            if ctx.main else {}
         total, count = state.epoch_total, state.epoch_count
         state.end_epoch(epoch)
         score = selection_score(objective, result)
@@ -229,6 +234,7 @@ class Trainer:
         improved = ctx.main and score < state.best_score
         if improved:
             state.best_score = score
+        state.epochs_since_best = 0 if improved else state.epochs_since_best + 1
         self.metrics.write(row)
         if ctx.main and cfg.sample_every and (epoch % cfg.sample_every == 0 or epoch == cfg.epochs):
             objective.pictures(ctx, ctx.eval_model, self.run_dir / "samples" / f"epoch_{epoch:04d}.png")
@@ -238,22 +244,37 @@ class Trainer:
                 f"{row[self.columns[3]]} {objective.unit} ({row['seconds']} s)")
 
     def finish(self, ctx: Context) -> dict:
-        """The end-of-run evaluation (``eval.json``) and sample picture; rank 0 only."""
+        """The end-of-run evaluation on the test split (``eval.json``) and a sample picture, of
+        the selected weights: the best checkpoint's, when a validation split selects it, else
+        the last (or their moving average); rank 0 only."""
         if not ctx.main:
             return {}
         if self.stopped and ctx.ema is not None and ctx.state.batches_done:
             ctx.ema.calibrate(ctx.objective.calibration_inputs(ctx))  # after the checkpoint
+        model, weights, selected = self._selected(ctx)
         seed_everything(epoch_seed(ctx.cfg.seed, 0))
-        result = ctx.objective.evaluate(ctx, ctx.eval_model, final=True, progress=not self.quiet)
+        result = ctx.objective.evaluate(ctx, model, ctx.data.test, final=True, progress=not self.quiet)
         sel, metric = ctx.data.selection_name, ctx.objective.metric
-        result.update({"epochs": ctx.state.epoch, "steps": ctx.state.step,
+        result.update({"split": "test", "epochs": ctx.state.epoch, "steps": ctx.state.step,
                        f"best_{sel}_{metric}_during_training": ctx.state.best_score,
-                       "weights": "ema" if ctx.ema is not None else "last"})
+                       "weights": weights})
+        if selected is not None:
+            result["selected_epoch"] = selected
         if self.stopped:
             result["stopped"] = self.stopped
         atomic.write_text(self.run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
-        ctx.objective.pictures(ctx, ctx.eval_model, self.run_dir / "samples.png")
+        ctx.objective.pictures(ctx, model, self.run_dir / "samples.png")
         return result
+
+    def _selected(self, ctx: Context):
+        """``(model, weights name, selected epoch)`` to report on."""
+        kind = "ema" if ctx.ema is not None else "last"
+        best = ctx.checkpoint_dir / "best.safetensors"
+        if ctx.data.valid is None or not checkpoint.exists(best):
+            return ctx.eval_model, kind, None
+        model = copy.deepcopy(ctx.eval_model)
+        state = checkpoints.load_weights(ctx, model, best)
+        return model.eval(), f"best ({'ema' if ctx.ema is not None else 'model'})", state.epoch
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, overrides: dict | None = None,
