@@ -184,3 +184,23 @@ def test_cli_refuses_zero_counts_and_non_finite_temperatures(tmp_path, capsys, r
         pytest.fail(f"{type(e).__name__}: {e}")
     assert code == 2 and message in one_line(err), (code, out, err)
 
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("grad_clip=-1", "grad_clip must be a finite number > 0"),
+    ("lr=NaN", "lr must be a finite number > 0"),
+    ("lr=Infinity", "lr must be a finite number > 0"),
+    ("eps=0", "eps must be a finite number > 0"),
+    ("betas=[2,3]", "betas must be two numbers in [0, 1)"),
+    ("num_workers=-1", "num_workers must be >= 0"),
+    ("warmup_steps=-5", "warmup_steps must be >= 0"),
+    ("sample_every=-1", "sample_every must be >= 0"),
+    ("image_size=0", "image_size must be an integer >= 1"),
+    ("valid_size=2.5", "valid_size must be a fraction"),
+    ("patience=-1", "patience must be >= 0"),
+])
+def test_every_configuration_range_is_checked_before_anything_is_written(tmp_path, capsys, setting,
+                                                                          message):
+    code, _, err = cli(capsys, "train", "--out", tmp_path / "run", *TINY_CPU, "--set", setting)
+    assert code == 2 and message in one_line(err)
+    assert not (tmp_path / "run").exists()

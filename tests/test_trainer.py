@@ -153,3 +153,22 @@ def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_pat
         raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]
+
+
+def test_a_second_writer_of_a_run_directory_is_refused_naming_the_holder(tmp_path, data):
+    from realnvp.runs import RunError
+    from realnvp.training.rundir import RunLock
+
+    path = tmp_path / "run"
+    held = RunLock(path).acquire()
+    try:
+        with pytest.raises(RunError, match=r"in use by process \d+ on "):
+            run(tiny(epochs=1), path, data)
+        assert sorted(p.name for p in path.iterdir()) == [".lock"]  # nothing written
+    finally:
+        held.release()
+    run(tiny(epochs=1), path, data)  # the holder gone (as after a crash), the run goes ahead
+    with pytest.raises(RunError, match="in use by"):  # and a resume while it trains is refused
+        held = RunLock(path).acquire()
+        run(tiny(epochs=2), path, data, resume=True)
+    held.release()

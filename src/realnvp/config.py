@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +90,21 @@ class Config:
 
 
 _CHOICES = {"coupling": ("affine", "additive"), "precision": PRECISIONS, "device": DEVICES}
+_FINITE_POSITIVE = (lambda v: 0 < v < math.inf, "a finite number > 0")
+_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+#: Every range check but the positive integers': (key, test, what is expected).
+_RANGES = [
+    ("lr", *_FINITE_POSITIVE), ("eps", *_FINITE_POSITIVE), ("grad_clip", *_FINITE_POSITIVE),
+    ("l2", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    ("sample_temperature", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("logit_alpha", lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+    ("valid_size", lambda v: v == 0 or 0 < v < 1 or (v >= 1 and float(v).is_integer()),
+     "a fraction in [0, 1) or a whole number of examples"),
+    ("warmup_steps", *_NON_NEGATIVE), ("sample_every", *_NON_NEGATIVE),
+    ("num_workers", *_NON_NEGATIVE), ("threads", *_NON_NEGATIVE), ("patience", *_NON_NEGATIVE),
+    ("eval_importance_samples", *_NON_NEGATIVE),
+]
 _POSITIVE = ("num_scales", "hidden_channels", "num_blocks", "num_couplings", "hidden", "epochs",
              "batch_size", "eval_batch_size", "eval_dequant_samples", "num_samples", "max_bad_steps")
 
@@ -101,8 +117,10 @@ def _coerce(cfg: Config) -> Config:
         if f.name == "betas":
             if not (isinstance(value, list | tuple) and len(value) == 2):
                 raise ConfigError(f"betas must be two numbers, got {value!r}")
-            value = tuple(float(b) for b in value)
-            setattr(cfg, f.name, value)
+            if not all(isinstance(b, int | float) and not isinstance(b, bool) for b in value) \
+                    or not all(0 <= b < 1 for b in value):
+                raise ConfigError(f"betas must be two numbers in [0, 1), got {value!r}")
+            setattr(cfg, f.name, tuple(float(b) for b in value))
         elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ConfigError(f"{f.name} must be true or false, got {value!r}")
@@ -119,20 +137,12 @@ def _coerce(cfg: Config) -> Config:
     for key in _POSITIVE:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
-    if not 0 <= cfg.ema_decay < 1:
-        raise ConfigError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
-    if not 0 <= cfg.logit_alpha < 0.5:
-        raise ConfigError(f"logit_alpha must be in [0, 0.5), got {cfg.logit_alpha}")
-    if cfg.valid_size < 0 or (cfg.valid_size >= 1 and not float(cfg.valid_size).is_integer()):
-        raise ConfigError(f"valid_size must be a fraction in [0, 1) or a whole number of examples, "
-                          f"got {cfg.valid_size}")
-    for key in ("patience", "eval_importance_samples"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")
-    if cfg.threads < 0:
-        raise ConfigError(f"threads must be >= 0, got {cfg.threads}")
-    if cfg.lr <= 0:
-        raise ConfigError(f"lr must be > 0, got {cfg.lr}")
+    for key, ok, expected in _RANGES:
+        if not ok(getattr(cfg, key)):
+            raise ConfigError(f"{key} must be {expected}, got {getattr(cfg, key)!r}")
+    if cfg.image_size is not None and (isinstance(cfg.image_size, bool)
+                                       or not isinstance(cfg.image_size, int) or cfg.image_size < 1):
+        raise ConfigError(f"image_size must be an integer >= 1, got {cfg.image_size!r}")
     return cfg
 
 

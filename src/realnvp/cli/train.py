@@ -34,6 +34,7 @@ def _parse_set(items: list[str]) -> dict:
 def cmd_train(args) -> int:
     from ..config import Config, config_file_for, read_config_file
     from ..training import train
+    from ..training.rundir import LOCK
 
     overrides = {key: getattr(args, key) for key, _ in TRAIN_FLAGS.values()
                  if getattr(args, key) is not None}
@@ -65,7 +66,8 @@ def cmd_train(args) -> int:
         # a run that failed before writing anything leaves no empty folder (rank 0 alone tidies
         # up under torchrun, so no rank removes a folder another one is about to write into)
         if created and os.environ.get("RANK", "0") == "0" and run_dir.is_dir() \
-                and not any(run_dir.iterdir()):
+                and {p.name for p in run_dir.iterdir()} <= {LOCK}:
+            (run_dir / LOCK).unlink(missing_ok=True)
             run_dir.rmdir()
         raise
     if result:

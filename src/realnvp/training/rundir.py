@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 
 from .. import atomic
@@ -30,7 +32,7 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overrides: dict) -
         if "seed" in overrides and overrides["seed"] != saved.seed:
             raise ConfigError("--resume cannot change --seed (the run's numbers depend on it)")
         return saved.replace(**{k: v for k, v in overrides.items() if k in RESUME_OVERRIDES}), True
-    if run_dir.exists() and any(p.name != "data.json" and not atomic.is_temporary(p.name)
+    if run_dir.exists() and any(p.name not in ("data.json", LOCK) and not atomic.is_temporary(p.name)
                                 for p in run_dir.iterdir()):
         if (run_dir / "config.json").exists():
             raise RunError(f"{run_dir} already holds a run: add --resume to continue it, "
@@ -44,3 +46,45 @@ def describe(run_dir: Path, cfg: Config, info: DataInfo) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(run_dir / "data.json", json.dumps(info.to_dict(), indent=2) + "\n")
     atomic.write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+
+#: The lock file of a run directory (held while a process trains into it).
+LOCK = ".lock"
+
+
+class RunLock:
+    """An exclusive lock on a run directory, so that a second writer is refused, not merged.
+
+    ``flock`` on ``RUN/.lock``, which holds the holder's process id and host: the kernel drops
+    the lock when the holder dies however it dies, so a crashed run never blocks its resume. The
+    file stays (removing it could let two processes lock two different files). Platforms without
+    ``fcntl`` (Windows) train unlocked.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunError(f"{self.path.parent} is in use by {holder}; wait for it to finish or "
+                           "choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None

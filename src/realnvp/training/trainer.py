@@ -76,12 +76,15 @@ class Trainer:
         self.max_steps, self.time_budget = max_steps, time_budget
         self.quiet, self.log = quiet, log
         self.stopped: str | None = None  # why the run ended early, if it did
+        self.lock: rundir.RunLock | None = None
 
     # --------------------------------------------------------------------------------- set up
 
     def setup(self) -> Context:
         """Processes, run directory, data, model, optimizer, moving average; resume if asked."""
         dist = distributed.setup()
+        if dist.rank == 0:  # the one writer
+            self.lock = rundir.RunLock(self.run_dir).acquire()
         cfg, resume = rundir.prepare_run_dir(self.run_dir, self.cfg, self.resume, self.overrides)
         device = dist.device if dist.enabled else resolve_device(cfg.device)
         main = dist.rank == 0
@@ -124,7 +127,11 @@ class Trainer:
     # ------------------------------------------------------------------------------ the loop
 
     def run(self) -> dict:
-        ctx = self.setup()
+        try:
+            ctx = self.setup()
+        except BaseException:
+            self._unlock()
+            raise
         self.started = self.clock()
         try:
             for epoch in range(ctx.state.epoch + 1, ctx.cfg.epochs + 1):
@@ -136,6 +143,11 @@ class Trainer:
         finally:
             ctx.net = None  # the DDP wrapper holds the process group; see distributed.teardown
             distributed.teardown(ctx.dist)
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     def epoch(self, ctx: Context, epoch: int) -> bool:
         """Train one epoch (or its rest, after a stop part-way); whether it was completed."""
