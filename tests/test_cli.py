@@ -172,3 +172,22 @@ def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "realnvp", "--version"], capture_output=True,
                           text=True, check=False)
     assert proc.returncode == 0 and "realnvp" in proc.stdout
+
+
+def test_run_files_share_one_mode_and_outputs_need_a_known_format(tmp_path, capsys):
+    import stat
+
+    run = tmp_path / "run"
+    code, out, _ = cli(capsys, "train", "--out", run, "--epochs", "1", *TINY, "--device", "cpu",
+                       "--set", "sample_every=0")
+    assert code == 0
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in [*run.glob("*.json"), run / "metrics.csv",
+                                                      *run.glob("checkpoints/*.safetensors")]}
+    assert len(modes) == 1
+    code, _, err = cli(capsys, "sample", str(run), "-o", tmp_path / "grid.txt")
+    assert code == 2 and "choose the format by its extension" in err
+    assert not (tmp_path / "grid.txt").exists()
+    code, _, err = cli(capsys, "train", "--resume", str(run), "--config", "cifar10")
+    assert code == 2 and "--config cannot change it" in err
+    code, _, err = cli(capsys, "eval", str(run), "--json", tmp_path / "missing" / "e.json")
+    assert code == 2 and "does not exist" in err

@@ -36,6 +36,14 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def default_mode() -> int:
+    """The mode ``open()`` would give a new file here: ``0o666`` less the umask (temporary files
+    are made ``0o600``; the files they become should not differ from the others of a run)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def is_temporary(name: str) -> bool:
     """Whether a file name is one of :func:`replacing`'s temporary files (left by a crash)."""
     return name.startswith(".") and name.endswith(".tmp")
@@ -57,6 +65,7 @@ def replacing(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         fsync_file(tmp)
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:

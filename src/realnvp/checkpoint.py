@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .atomic import fsync_dir, fsync_file
+from .atomic import default_mode, fsync_dir, fsync_file
 
 FORMAT = "realnvp-checkpoint-2"  # digest over tensors and metadata
 FORMATS = (FORMAT, "realnvp-checkpoint-1")  # readable; version 1's digest covers tensors only
@@ -171,6 +171,7 @@ def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict, keep_pr
         tmp = staging / "checkpoint.partial"
         save_file(tensors, str(tmp), metadata=header)
         fsync_file(tmp)
+        os.chmod(tmp, default_mode())  # as the run's other files, not the staging folder's 0600
         if keep_previous and path.exists() and _is_good(path):
             _keep_previous(path, previous(path), staging)
         os.replace(tmp, path)

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..training import TrainingError
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    if hasattr(sys.stdout, "reconfigure"):  # a redirected log is readable while a run goes on
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        hint = getattr(args, "resume_hint", None) if "args" in locals() else None
+        print("interrupted" + (f"; continue with: {hint}" if hint else ""), file=sys.stderr)
         return 130
     except OSError as e:
         if debug:

@@ -31,6 +31,7 @@ def cmd_eval(args) -> int:
     from ..runtime import seed_everything
     from ..training import load_split
 
+    out = writable_file(args.json) if args.json else None  # before the evaluation, not after
     run = _load(args)
     cfg = run.config
     dataset, _ = load_split(cfg, args.split, args.data_dir, augment=False)
@@ -40,7 +41,7 @@ def cmd_eval(args) -> int:
     result["split"] = args.split
     print_eval(result, prefix=f"{cfg.data} {args.split}")
     if args.json:
-        atomic.write_text(writable_file(args.json), json.dumps(result, indent=2) + "\n")
+        atomic.write_text(out, json.dumps(result, indent=2) + "\n")
     return 0
 
 
@@ -53,12 +54,14 @@ def cmd_sample(args) -> int:
     if not 0 <= args.temperature < float("inf"):
         raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     out = writable_file(args.output)
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".npy", ".csv"):
+        raise UsageError(f"-o {out}: choose the format by its extension: .png, .npy or .csv")
     run = _load(args)
     device = next(run.model.parameters()).device
     x = run.model.sample(args.n, args.temperature,
                          generator=torch.Generator(device).manual_seed(args.seed)).cpu()
     info = run.info
-    suffix = out.suffix.lower()
     if suffix in (".npy", ".csv"):
         import numpy as np
 

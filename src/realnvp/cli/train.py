@@ -45,6 +45,8 @@ def cmd_train(args) -> int:
     out = args.out or (args.resume if isinstance(args.resume, str) else None)
     if resume and out is None:
         raise UsageError("--resume needs the run directory (--resume RUN or --out RUN)")
+    if resume and args.config:
+        raise UsageError("--resume continues the run's saved configuration; --config cannot change it")
     if args.config:
         cfg = read_config_file(args.config)
     else:
@@ -52,6 +54,8 @@ def cmd_train(args) -> int:
         recipe = config_file_for(data)
         cfg = read_config_file(recipe) if recipe else Config()
     cfg = cfg.replace(**overrides)
+    if cfg.data_dir and not resume:  # stored absolute: the run is usable from any directory
+        cfg = cfg.replace(data_dir=str(Path(cfg.data_dir).expanduser().resolve()))
     if out is None:
         safe = cfg.data.replace(":", "-")
         out = f"runs/{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -59,6 +63,7 @@ def cmd_train(args) -> int:
     created = not resume and not run_dir.exists()
     if not resume:
         writable_dir(run_dir)
+    args.resume_hint = f"realnvp train --resume {run_dir}"
     try:
         result = train(cfg, run_dir, resume=resume, overrides=overrides if resume else None,
                        quiet=args.quiet, max_steps=args.max_steps, time_budget=args.time_budget)
@@ -78,7 +83,8 @@ def cmd_train(args) -> int:
             print(f"stopped at step {result['steps']} ({result['stopped'].replace('_', ' ')}); "
                   f"continue with: realnvp train --resume {run_dir}")
         print_eval(result, prefix=f"{cfg.data} {result.get('split', 'test')}")
-        print(f"run: {run_dir}  (samples: {run_dir / 'samples.png'})")
+        pictures = run_dir / "samples.png"
+        print(f"run: {run_dir}" + (f"  (samples: {pictures})" if pictures.exists() else ""))
     return 0
 
 

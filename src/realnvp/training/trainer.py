@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -162,8 +163,10 @@ class Trainer:
         remaining = len(loader)
         ctx.model.train()
         ctx.objective.train()
-        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=self.quiet or not ctx.main,
-                   leave=False, dynamic_ncols=True)
+        # no bar where stderr is a file: it would redraw every step on one line of the log (the
+        # epoch lines say what happened)
+        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, dynamic_ncols=True,
+                   disable=self.quiet or not ctx.main or not sys.stderr.isatty())
         for batch in bar:
             self.step(ctx, batch, bar)
             state = ctx.state  # a rollback replaces it
