@@ -332,3 +332,24 @@ def test_safe_unpickler_round_trips_numeric_arrays(dtype, shape, protocol, fortr
     loaded = safe_load(pickle.dumps({b"data": array, "n": [1, 2.5, None]}, protocol=protocol))
     assert loaded["n"] == [1, 2.5, None]
     assert loaded[b"data"].dtype == array.dtype and np.array_equal(loaded[b"data"], array)
+
+
+def test_safe_unpickler_bounds_the_work_a_small_file_can_ask_for():
+    from realnvp.data.safe_pickle import UnsafePickleError
+
+    shared = [1]
+    for _ in range(40):  # 2**40 paths through ~300 bytes: each level refers to the one below twice
+        shared = [shared, shared]
+    bomb = pickle.dumps(shared, protocol=2)
+    assert len(bomb) < 400
+    with pytest.raises(UnsafePickleError, match="nested more than"):
+        safe_load(bomb)
+    shared = [1]
+    for _ in range(20):  # shallow sharing is fine, resolved once per container, still shared
+        shared = [shared, shared]
+    out = safe_load(pickle.dumps(shared, protocol=2))
+    assert out[0] is out[1]
+    loop = []
+    loop.append(loop)
+    with pytest.raises(UnsafePickleError, match="contains itself"):
+        safe_load(pickle.dumps(loop, protocol=2))

@@ -161,21 +161,48 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError("persistent ids are not allowed")
 
 
+#: Bounds on what a data file may build: nesting depth and container count. The CIFAR batches
+#: are a dict of a few arrays and lists (depth 2); a crafted file nests far deeper, or shares one
+#: container many times so that a naive walk does exponential work.
+MAX_DEPTH = 32
+MAX_CONTAINERS = 100_000
+_IN_PROGRESS = object()
+
+
 def _resolve(obj: Any) -> Any:
-    """Replace array stand-ins by the arrays they built, inside plain containers."""
-    if isinstance(obj, _ArrayStub):
-        if obj.array is None:
-            raise UnsafePickleError("an ndarray was created but never filled")
-        return obj.array
-    if isinstance(obj, dict):
-        return {k: _resolve(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_resolve(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_resolve(v) for v in obj)
-    if isinstance(obj, _DTypeStub | _NDArrayType):
-        raise UnsafePickleError("stray numpy type object")
-    return obj
+    """Replace array stand-ins by the arrays they built, inside plain containers.
+
+    Each container is resolved once (shared ones stay shared), within :data:`MAX_DEPTH` and
+    :data:`MAX_CONTAINERS`.
+    """
+    done: dict[int, Any] = {}
+
+    def walk(o: Any, depth: int) -> Any:
+        if isinstance(o, _ArrayStub):
+            if o.array is None:
+                raise UnsafePickleError("an ndarray was created but never filled")
+            return o.array
+        if isinstance(o, _DTypeStub | _NDArrayType):
+            raise UnsafePickleError("stray numpy type object")
+        if not isinstance(o, dict | list | tuple):
+            return o
+        if id(o) in done:
+            if done[id(o)] is _IN_PROGRESS:
+                raise UnsafePickleError("a container that contains itself")
+            return done[id(o)]
+        if depth >= MAX_DEPTH:
+            raise UnsafePickleError(f"containers nested more than {MAX_DEPTH} deep")
+        if len(done) >= MAX_CONTAINERS:
+            raise UnsafePickleError(f"more than {MAX_CONTAINERS} containers")
+        done[id(o)] = _IN_PROGRESS
+        if isinstance(o, dict):
+            out: Any = {k: walk(v, depth + 1) for k, v in o.items()}
+        else:
+            out = type(o)(walk(v, depth + 1) for v in o)
+        done[id(o)] = out
+        return out
+
+    return walk(obj, 0)
 
 
 def safe_load(data: bytes) -> Any:
