@@ -191,3 +191,14 @@ def test_run_files_share_one_mode_and_outputs_need_a_known_format(tmp_path, caps
     assert code == 2 and "--config cannot change it" in err
     code, _, err = cli(capsys, "eval", str(run), "--json", tmp_path / "missing" / "e.json")
     assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "RUN", "-n", "100000000000", "-o", "x.npy"], "more than 1,000,000 samples"),
+    (["sample", "RUN", "-n", "5000", "-o", "x.png"], "too large"),
+    (["interpolate", "RUN", "--steps", "100000"], "would decode 10,000,000,000 images"),
+])
+def test_outputs_are_bounded_before_anything_runs(tmp_path, capsys, argv, message):
+    argv = [str(tmp_path / "missing-run") if a == "RUN" else a for a in argv]
+    code, _, err = cli(capsys, *argv)
+    assert code == 2 and message in err

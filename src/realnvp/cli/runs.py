@@ -12,6 +12,11 @@ import torch
 from .. import atomic
 from .common import UsageError, positive_int, print_eval, writable_file
 
+#: Output bounds: samples in one file, the batch they are drawn in, the manifold grid's side.
+MAX_SAMPLES = 1_000_000
+SAMPLE_BATCH = 4096
+MAX_MANIFOLD_STEPS = 64
+
 
 def _device(name: str) -> torch.device:
     from ..runtime import resolve_device
@@ -51,16 +56,23 @@ def cmd_sample(args) -> int:
 
     if args.n < 1:
         raise UsageError(f"-n must be >= 1, got {args.n}")
+    if args.n > MAX_SAMPLES:
+        raise UsageError(f"-n {args.n} is more than {MAX_SAMPLES:,} samples in one file; "
+                         "run sample several times with different --seed")
     if not 0 <= args.temperature < float("inf"):
         raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     out = writable_file(args.output)
     suffix = out.suffix.lower()
     if suffix not in (".png", ".npy", ".csv"):
         raise UsageError(f"-o {out}: choose the format by its extension: .png, .npy or .csv")
+    if suffix == ".png" and args.n > SAMPLE_BATCH:
+        raise UsageError(f"a picture of {args.n:,} samples is too large; at most {SAMPLE_BATCH} "
+                         "(or write .npy / .csv)")
     run = _load(args)
     device = next(run.model.parameters()).device
-    x = run.model.sample(args.n, args.temperature,
-                         generator=torch.Generator(device).manual_seed(args.seed)).cpu()
+    g = torch.Generator(device).manual_seed(args.seed)
+    x = torch.cat([run.model.sample(min(SAMPLE_BATCH, args.n - i), args.temperature, generator=g).cpu()
+                   for i in range(0, args.n, SAMPLE_BATCH)])
     info = run.info
     if suffix in (".npy", ".csv"):
         import numpy as np
@@ -96,6 +108,9 @@ def cmd_interpolate(args) -> int:
     from ..training import load_split
     from ..viz import image_grid, manifold_latents, save
 
+    if args.steps > MAX_MANIFOLD_STEPS:
+        raise UsageError(f"--steps {args.steps} would decode {args.steps ** 2:,} images; "
+                         f"at most {MAX_MANIFOLD_STEPS}")
     out = writable_file(args.output)
     run = _load(args)
     if run.info.kind != "image":
@@ -218,7 +233,8 @@ def add_parsers(sub) -> None:
 
     s = sub.add_parser("sample", help="draw samples (PNG grid, 2-D plot, or .npy/.csv)")
     run_args(s, "last")
-    s.add_argument("-n", type=int, default=64)
+    s.add_argument("-n", type=int, default=64,
+                   help=f"number of samples (at most {MAX_SAMPLES:,}; drawn {SAMPLE_BATCH} at a time)")
     s.add_argument("--temperature", type=float, default=0.7)
     s.add_argument("-o", "--output", default="samples.png")
     s.set_defaults(func=cmd_sample)
@@ -226,7 +242,8 @@ def add_parsers(sub) -> None:
     i = sub.add_parser("interpolate", help="decode the latent manifold of four test examples (paper Fig. 6)")
     run_args(i, "last")
     i.add_argument("-o", "--output", default="manifold.png")
-    i.add_argument("--steps", type=positive_int, default=8)
+    i.add_argument("--steps", type=positive_int, default=8,
+                   help=f"the grid's side (at most {MAX_MANIFOLD_STEPS}: steps² images are decoded)")
     i.add_argument("--indices", type=int, nargs=4)
     i.add_argument("--data-dir")
     i.set_defaults(func=cmd_interpolate)
