@@ -134,6 +134,10 @@ def test_the_best_checkpoint_is_chosen_on_valid_and_test_is_reported_once_for_it
     assert result["split"] == "test" and result["weights"] == "best (model)"
     assert result["best_valid_bpd_during_training"] == best_state["best_score"]
     assert json.loads((run / "eval.json").read_text()) == result
+    from PIL import Image
+
+    with Image.open(run / "curves.png") as curves:  # train and validation bits/dim per epoch
+        assert curves.format == "PNG" and curves.size == (640, 400)
 
 
 def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(tmp_path):

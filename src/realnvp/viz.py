@@ -1,4 +1,4 @@
-"""Pictures with Pillow and numpy only: image grids, 2-D scatter plots and density maps."""
+"""Pictures with Pillow and numpy only: image grids, 2-D scatter plots, density maps, curves."""
 
 from __future__ import annotations
 
@@ -105,6 +105,44 @@ def side_by_side(*images: Image.Image, pad: int = 8) -> Image.Image:
         out.paste(im.convert("RGB"), (x, 0))
         x += im.width + pad
     return out
+
+
+CURVE_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189))
+
+
+def line_plot(series: dict[str, list[tuple[float, float]]], xlabel: str = "epoch",
+              size: tuple[int, int] = (640, 400)) -> Image.Image:
+    """Curves ``name -> [(x, y), ...]`` on shared axes (non-finite points left out), with the
+    y range, the x range and a legend written in; e.g. train/validation bits/dim per epoch."""
+    w, h, left, bottom, top, right = *size, 60, 30, 30, 20
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    points = {k: [(x, y) for x, y in v if math.isfinite(y)] for k, v in series.items()}
+    every = [p for v in points.values() for p in v]
+    if not every:
+        draw.text((left, h // 2), "no finite values yet", fill="black")
+        return img
+    (x0, x1), (y0, y1) = [(min(c), max(c)) for c in zip(*every, strict=True)]
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1e-9)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x0) / (x1 - x0) * (w - left - right),
+                top + (y1 - y) / (y1 - y0) * (h - top - bottom))
+
+    draw.rectangle([left, top, w - right, h - bottom], outline="black")
+    draw.text((4, top), f"{y1:.4g}", fill="black")
+    draw.text((4, h - bottom - 10), f"{y0:.4g}", fill="black")
+    draw.text((left, h - bottom + 6), f"{xlabel} {x0:g}", fill="black")
+    draw.text((w - right - 60, h - bottom + 6), f"{x1:g}", fill="black")
+    for i, (name, pts) in enumerate(points.items()):
+        colour = CURVE_COLOURS[i % len(CURVE_COLOURS)]
+        xy = [at(x, y) for x, y in pts]
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=2)
+        for px, py in xy:
+            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+        draw.text((left + 10 + 140 * i, 8), name, fill=colour)
+    return img
 
 
 def save(image: Image.Image, path: str | Path) -> Path:

@@ -1,4 +1,5 @@
-"""``metrics.csv``: one row per epoch, mirrored to TensorBoard when it is installed."""
+"""``metrics.csv``: one row per epoch, mirrored to TensorBoard when it is installed, and drawn
+as ``curves.png`` (the training and selection columns against the epoch)."""
 
 from __future__ import annotations
 
@@ -57,10 +58,18 @@ class Metrics:
             csv.DictWriter(f, self.columns).writerow(row)
             f.flush()
             os.fsync(f.fileno())
+        self._draw()
         if self.tb is not None:
             for key in self.plotted:
                 self.tb.add_scalar(key, row[key], row["step"])
             self.tb.flush()
+
+    def _draw(self) -> None:
+        from ..viz import line_plot, save
+
+        rows = self._rows_up_to(2**62)
+        curves = {key: [(int(r["epoch"]), float(r[key])) for r in rows] for key in self.plotted[:2]}
+        save(line_plot(curves), self.path.with_name("curves.png"))
 
     def close(self) -> None:
         if self.tb is not None:
