@@ -202,3 +202,17 @@ def test_outputs_are_bounded_before_anything_runs(tmp_path, capsys, argv, messag
     argv = [str(tmp_path / "missing-run") if a == "RUN" else a for a in argv]
     code, _, err = cli(capsys, *argv)
     assert code == 2 and message in err
+
+
+def test_every_configuration_key_is_listed_with_its_default_and_meaning(capsys):
+    import dataclasses
+
+    from realnvp.config import HELP, Config
+
+    assert set(HELP) == {f.name for f in dataclasses.fields(Config)}
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--list-keys"])
+    assert stop.value.code == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == [f.name for f in dataclasses.fields(Config)]
+    assert any(line.startswith("grad_clip") and "100.0" in line for line in listed)

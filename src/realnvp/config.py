@@ -29,7 +29,7 @@ class Config:
     data: str = "digits"
     data_dir: str | None = None
     download: bool = False
-    image_size: int | None = None  # for the `folder` data set
+    image_size: int | None = None
     # model (image): paper's multi-scale RealNVP
     num_scales: int = 2
     hidden_channels: int = 32
@@ -37,39 +37,37 @@ class Config:
     coupling: str = "affine"
     batch_norm: bool = True
     logit_alpha: float = 0.05
-    # model (vector): alternating-half couplings with MLPs
     num_couplings: int = 8
     hidden: int = 128
     num_layers: int = 2
-    weight_norm: bool = True  # weight-normalised MLP layers (False: plain nn.Linear)
+    weight_norm: bool = True
     # optimisation (paper / authors' code)
     epochs: int = 15
     batch_size: int = 64
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    l2: float = 5e-5  # × Σθ² (weight-norm magnitudes, coupling rescales), added to the NLL in nats
-    grad_clip: float = 100.0  # global norm of the gradient of that cost (nats per example)
+    l2: float = 5e-5
+    grad_clip: float = 100.0
     warmup_steps: int = 0
-    ema_decay: float = 0.0  # 0 disables the moving average of weights
-    precision: str = "fp32"  # fp32 | bf16 (autocast of the s/t networks)
+    ema_decay: float = 0.0
+    precision: str = "fp32"
     # model selection: a fixed validation split carved out of the training split
-    valid_size: float = 0.1  # < 1: fraction of the training split; >= 1: examples; 0: none
-    patience: int = 0  # stop after this many epochs without a better validation score (0: never)
+    valid_size: float = 0.1
+    patience: int = 0
     # evaluation and output
     eval_batch_size: int = 256
-    eval_dequant_samples: int = 4  # dequantization noise draws for the final evaluation
-    eval_importance_samples: int = 0  # draws of the importance-weighted bound (0: as many)
-    sample_every: int = 1  # epochs between sample grids (0: never)
+    eval_dequant_samples: int = 4
+    eval_importance_samples: int = 0
+    sample_every: int = 1
     num_samples: int = 64
     sample_temperature: float = 0.7
-    # faults
-    max_bad_steps: int = 10  # consecutive non-finite steps before rolling back
+    max_bad_steps: int = 10
     # run
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
-    threads: int = 0  # intra-op CPU threads (0: PyTorch's default); 1 is steadier on a busy machine
+    threads: int = 0
     source: str = "built-in defaults"
     notes: list[str] = field(default_factory=list)
 
@@ -87,6 +85,60 @@ class Config:
         if not isinstance(d, dict):
             raise ConfigError("a configuration must be a JSON object")
         return (base or cls()).replace(**d)
+
+
+#: What each key means (``realnvp train --list-keys`` prints it with the defaults).
+HELP = {
+    "data": "data set: digits, mnist, fashion-mnist, cifar10, imagenet32, imagenet64, celeba, "
+            "lsun-bedroom|tower|church, folder, tabular, toy:NAME",
+    "data_dir": "where the data set's files are (default $REALNVP_DATA_DIR/NAME or data/NAME)",
+    "download": "download missing files (cifar10, mnist, fashion-mnist)",
+    "image_size": "side of the square images of the folder data set",
+    "num_scales": "image model: scales of the multi-scale architecture",
+    "hidden_channels": "image model: channels of the residual s/t networks",
+    "num_blocks": "image model: residual blocks per s/t network",
+    "coupling": "affine (RealNVP) or additive (NICE) couplings",
+    "batch_norm": "batch normalisation as a bijector between couplings and in the s/t networks",
+    "logit_alpha": "image model: the logit transform's margin α in logit(α + (1 − 2α)·y)",
+    "num_couplings": "vector model: coupling layers",
+    "hidden": "vector model: width of the s/t MLPs",
+    "num_layers": "vector model: hidden layers of the s/t MLPs",
+    "weight_norm": "vector model: weight-normalised MLP layers (false: plain nn.Linear)",
+    "epochs": "passes over the training split",
+    "batch_size": "examples per step and process",
+    "lr": "Adam's learning rate",
+    "betas": "Adam's (β1, β2)",
+    "eps": "Adam's ε",
+    "l2": "× Σθ² over weight-norm magnitudes and coupling rescales, added to the NLL in nats "
+          "per example (the authors' cost)",
+    "grad_clip": "global norm the gradient of that cost is clipped to",
+    "warmup_steps": "steps of linear learning-rate warm-up (0: none)",
+    "ema_decay": "decay of the moving average of the weights that is evaluated (0: none)",
+    "precision": "fp32, or bf16 autocast of the s/t networks",
+    "valid_size": "validation split carved from the training split: < 1 a fraction, >= 1 a "
+                  "number of examples, 0 none (then the test split selects)",
+    "patience": "stop after this many epochs without a better validation score (0: never)",
+    "eval_batch_size": "examples per evaluation batch",
+    "eval_dequant_samples": "dequantization noise draws of the final evaluation",
+    "eval_importance_samples": "draws of the final importance-weighted bound (0: as many)",
+    "sample_every": "epochs between sample pictures (0: never)",
+    "num_samples": "samples in each picture",
+    "sample_temperature": "the prior's standard deviation for pictures",
+    "max_bad_steps": "non-finite steps in a row before rolling back to the last checkpoint",
+    "seed": "initialisation, batch order and noise",
+    "device": "auto, cpu, cuda or mps",
+    "num_workers": "DataLoader worker processes",
+    "threads": "intra-op CPU threads (0: PyTorch's default; 1 is steadier on a busy machine)",
+    "source": "where the configuration came from (set by the loader)",
+    "notes": "free text: where a recipe's numbers come from",
+}
+
+
+def describe_keys() -> str:
+    """Every key, its default and its meaning, one per line."""
+    default = Config()
+    return "\n".join(f"{f.name:<24}{json.dumps(getattr(default, f.name)):<22}{HELP[f.name]}"
+                     for f in dataclasses.fields(Config))
 
 
 _CHOICES = {"coupling": ("affine", "additive"), "precision": PRECISIONS, "device": DEVICES}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -88,11 +89,29 @@ def cmd_train(args) -> int:
     return 0
 
 
+class _ListKeys(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="list every configuration key "
+                         "(for --set), its default and meaning, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ..config import describe_keys
+
+        print(describe_keys())
+        parser.exit()
+
+
 def add_parser(sub) -> None:
+    from ..config import DEVICES, HELP
+    from ..precision import PRECISIONS
+
+    choices = {"device": DEVICES, "precision": PRECISIONS}
     t = sub.add_parser("train", help="train a model (default: the embedded digits data set)")
     t.add_argument("--config", help="JSON configuration file, or the name of one in configs/")
     for flag, (key, typ) in TRAIN_FLAGS.items():
-        t.add_argument(flag, dest=key, type=typ, default=None)
+        t.add_argument(flag, dest=key, type=typ, default=None, choices=choices.get(key),
+                       help=HELP[key])
+    t.add_argument("--list-keys", action=_ListKeys)
     t.add_argument("--download", action="store_true",
                    help="download missing data (cifar10, mnist, fashion-mnist)")
     t.add_argument("--out", help="run directory (default runs/DATA-TIME)")
