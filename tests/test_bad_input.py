@@ -204,3 +204,29 @@ def test_every_configuration_range_is_checked_before_anything_is_written(tmp_pat
     code, _, err = cli(capsys, "train", "--out", tmp_path / "run", *TINY_CPU, "--set", setting)
     assert code == 2 and message in one_line(err)
     assert not (tmp_path / "run").exists()
+
+
+def test_score_reads_images_by_the_training_rule_and_refuses_the_rest(tmp_path):
+    from PIL import Image
+
+    from realnvp.data import DataError
+    from realnvp.score import read_inputs
+
+    info = DataInfo("digits", "image", (1, 8, 8), 17)
+    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(tmp_path / "deep.png")
+    ((_, deep),) = read_inputs([str(tmp_path / "deep.png")], info)
+    assert int(deep.min()) == 16  # white, scaled (not clipped) to the top of 17 levels
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 3] = 255
+    Image.fromarray(rgba).save(tmp_path / "opaque.png")
+    assert read_inputs([str(tmp_path / "opaque.png")], info)[0][1].shape == (1, 1, 8, 8)
+    rgba[0, 0, 3] = 0
+    Image.fromarray(rgba).save(tmp_path / "clear.png")
+    Image.fromarray(np.zeros((8, 8), np.float32)).save(tmp_path / "float.tiff")
+    Image.fromarray(np.zeros((400, 400), np.uint8)).save(tmp_path / "huge.png")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 1, 8, 8), np.uint8))
+    for name, message in [("clear.png", "transparent pixels"), ("float.tiff", "is not read"),
+                          ("huge.png", "far larger than the model's input"),
+                          ("empty.npy", "no images")]:
+        with pytest.raises(DataError, match=message):
+            read_inputs([str(tmp_path / name)], info)

@@ -351,10 +351,16 @@ def test_folder_errors(tmp_path):
         load_dataset("folder", data_dir=tmp_path)
     with pytest.raises(DataError, match="image_size must be a positive integer"):
         load_dataset("folder", data_dir=tmp_path, image_size=0)
-    Image.fromarray(np.zeros((8, 8), np.uint16) + 300).save(tmp_path / "deep.png")
-    with pytest.raises(DataError, match=r"deep\.png: image mode I;16 has more than 8 bits"):
+    # one rule with `realnvp score` (data.images.open_image): 16-bit images are scaled to 8
+    # bits, not clipped; 32-bit and float images are refused in one line
+    Image.fromarray(np.zeros((8, 8), np.uint16) + 65535).save(tmp_path / "deep.png")
+    for split in ("train", "test"):
+        ds, _ = load_dataset("folder", split, data_dir=tmp_path, image_size=8)
+        assert all(int(ds[i].min()) in (0, 255) for i in range(len(ds)))
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "float.tiff")
+    with pytest.raises(DataError, match=r"float\.tiff: image mode F .* is not read"):
         for split in ("train", "test"):
-            ds, _ = load_dataset("folder", split, data_dir=tmp_path)
+            ds, _ = load_dataset("folder", split, data_dir=tmp_path, image_size=8)
             [ds[i] for i in range(len(ds))]
 
 

@@ -1,7 +1,9 @@
 """Reading new inputs to score them: image files, ``.npy`` arrays and CSV rows.
 
-Images are converted to the run's channels (L or RGB) and must already have its size; 8-bit
-pixel values are mapped to the run's K levels (``round(v·(K−1)/255)``), so a digits model (K = 17)
+Images are read by the training reader's rule (:func:`realnvp.data.images.open_image`: 16-bit
+greyscale scaled to 8 bits, opaque alpha dropped, transparent, 32-bit and float images refused,
+images of more than 64 times the model's pixels refused before decoding), converted to the
+run's channels (L or RGB), and must already have its size; 8-bit pixel values are mapped to the run's K levels (``round(v·(K−1)/255)``), so a digits model (K = 17)
 can score ordinary greyscale pictures. ``.npy`` image arrays must hold integers in ``[0, K−1]``;
 vector inputs (``.npy`` or CSV) are in the data's original units and are standardised with the
 run's training statistics.
@@ -13,20 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from .data import DataError, DataInfo
-from .data.images import IMAGE_EXTENSIONS
+from .data.images import IMAGE_EXTENSIONS, open_image
 
 
 def _image_file(path: Path, info: DataInfo) -> torch.Tensor:
     c, h, w = info.shape
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if c == 1 else "RGB")
-            arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path}: not a readable image ({e})") from e
+    img = open_image(path, "L" if c == 1 else "RGB", max_pixels=64 * h * w)
+    arr = np.asarray(img, dtype=np.uint8)
     if arr.shape[:2] != (h, w):
         raise DataError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, the model expects {w}x{h}")
     arr = arr[None] if c == 1 else arr.transpose(2, 0, 1)
@@ -62,6 +59,8 @@ def _vectors(arr: np.ndarray, path: Path, info: DataInfo) -> torch.Tensor:
 def _image_array(arr: np.ndarray, path: Path, info: DataInfo) -> torch.Tensor:
     if arr.ndim == len(info.shape):
         arr = arr[None]
+    if arr.size == 0:
+        raise DataError(f"{path}: no images (an empty array)")
     if tuple(arr.shape[1:]) != tuple(info.shape):
         raise DataError(f"{path}: expected images of shape {tuple(info.shape)}, got {arr.shape[1:]}")
     if not np.issubdtype(arr.dtype, np.integer):

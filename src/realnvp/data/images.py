@@ -37,16 +37,37 @@ def list_images(root: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """Decode ``path`` fully and return an 8-bit RGB image (alpha dropped, grey replicated)."""
+#: Image modes read as they are (8 bits per channel; alpha must be opaque) and 16-bit greyscale
+#: modes, scaled to 8 bits; anything else (32-bit integers, floats) is refused.
+EIGHT_BIT_MODES = ("1", "L", "P", "RGB", "LA", "PA", "RGBA", "CMYK", "YCbCr")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def open_image(path: Path, mode: str = "RGB", max_pixels: int | None = None) -> Image.Image:
+    """Decode ``path`` to an 8-bit ``mode`` (``"L"`` or ``"RGB"``) image, one rule for training
+    and scoring: 8-bit images as they are; 16-bit greyscale scaled to 8 bits
+    (``round(v·255/65535)``, not clipped); alpha dropped only where every pixel is opaque;
+    32-bit and floating-point images refused. ``max_pixels``: refuse larger images before
+    decoding them."""
     try:
         with Image.open(path) as img:
-            if img.mode.startswith("I") or img.mode == "F":
-                raise DataError(
-                    f"{path}: image mode {img.mode} has more than 8 bits per channel; "
-                    f"expected 8-bit greyscale, palette or RGB(A)"
-                )
-            return img.convert("RGB")
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise DataError(f"{path}: image is {w}x{h}, far larger than the model's input; "
+                                "resize it first")
+            if img.mode in SIXTEEN_BIT_MODES:
+                wide = np.asarray(img, dtype=np.uint16).astype(np.float64)
+                img8 = Image.fromarray(np.rint(wide * 255 / 65535).astype(np.uint8), mode="L")
+                return img8.convert(mode)
+            if img.mode not in EIGHT_BIT_MODES:
+                raise DataError(f"{path}: image mode {img.mode} (32-bit or floating point) is not "
+                                "read; save it with 8 or 16 bits per channel")
+            if "A" in img.mode or "transparency" in img.info:
+                alpha = np.asarray(img.convert("RGBA"))[..., 3]
+                if (alpha < 255).any():
+                    raise DataError(f"{path}: the image has transparent pixels and the model has "
+                                    "no alpha channel; flatten it onto a background first")
+            return img.convert(mode)
     except DataError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -137,7 +158,7 @@ class ImageFileDataset(Dataset):
 
     def load(self, index: int, augment: bool) -> torch.Tensor:
         path = self.paths[index]
-        img = self.prepare(open_rgb(path), path)
+        img = self.prepare(open_image(path), path)
         if min(img.size) < self.size:
             raise DataError(
                 f"{path}: image is {img.size[0]}x{img.size[1]} after resizing; expected at "
