@@ -80,6 +80,8 @@ def write_images(folder: Path, sizes, fmt: str = "PNG", mode: str = "RGB", seed:
     for i, (w, h) in enumerate(sizes):
         channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
         pixels = rng.integers(0, 256, size=(h, w, channels), dtype=np.uint8).squeeze()
+        if mode == "RGBA":
+            pixels[..., 3] = 255  # opaque: transparent pixels are refused (see open_image)
         path = folder / f"{i:06d}.{fmt.lower().replace('jpeg', 'jpg')}"
         Image.fromarray(pixels, mode).save(path, fmt)
         paths.append(path)
