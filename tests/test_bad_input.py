@@ -146,7 +146,8 @@ def test_score_refuses_a_csv_with_nan_in_one_line(tmp_path, capsys, tabular_run)
     assert code == 0 and len(out.strip().splitlines()) == 3
     code, out, err = cli(capsys, "score", tabular_run, bad)
     assert code == 2 and out == ""
-    assert "bad.csv: row 1, column 1 is not a finite number" in one_line(err)
+    # the training reader's wording and counting (lines and columns from 1)
+    assert "bad.csv: line 2, column 2: value nan is not finite" in one_line(err)
 
 
 def test_train_on_a_tabular_file_with_nan_stops_in_one_line(tmp_path, capsys):

@@ -64,6 +64,9 @@ def test_eval_sample_interpolate_score_info(tmp_path, capsys, digits_run):
     code, _, _ = cli(capsys, "sample", digits_run, "-n", "5", "-o", tmp_path / "s.npy")
     arr = np.load(tmp_path / "s.npy")
     assert arr.shape == (5, 1, 8, 8) and arr.dtype == np.uint8
+    assert arr.max() <= 16  # the data's 17 levels, which score reads back
+    code, out, _ = cli(capsys, "score", digits_run, tmp_path / "s.npy")
+    assert code == 0 and len(out.splitlines()) == 6
 
     code, out, _ = cli(capsys, "interpolate", digits_run, "--steps", "4", "-o", tmp_path / "m.png")
     assert code == 0 and (tmp_path / "m.png").is_file()

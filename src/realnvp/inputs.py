@@ -29,11 +29,17 @@ def model_input(x: Tensor, info: DataInfo, dtype=torch.float32, shard: tuple[int
     return Dequantize(info.num_levels)(x, shard=shard)
 
 
-def to_pixels(y: Tensor, info: DataInfo) -> Tensor:
-    """Model-space images (``[0, 1]`` up to the logit margin) to uint8 ``0…255`` for display."""
+def to_levels(y: Tensor, info: DataInfo) -> Tensor:
+    """Model-space images (``[0, 1]`` up to the logit margin) to the data's uint8 levels
+    ``0…K−1``: the inverse of dequantization, what the data set holds and ``score`` reads."""
     k = info.num_levels or 256
-    levels = torch.floor(y.clamp(0, 1) * k).clamp_(0, k - 1)
-    return torch.round(levels * (255 / (k - 1))).to(torch.uint8)
+    return torch.floor(y.clamp(0, 1) * k).clamp_(0, k - 1).to(torch.uint8)
+
+
+def to_pixels(y: Tensor, info: DataInfo) -> Tensor:
+    """Model-space images to uint8 ``0…255`` for display (levels spread over the 8 bits)."""
+    k = info.num_levels or 256
+    return torch.round(to_levels(y, info).double() * (255 / (k - 1))).to(torch.uint8)
 
 
 def pixels_to_unit(x: Tensor, info: DataInfo) -> Tensor:

@@ -3,10 +3,11 @@
 Images are read by the training reader's rule (:func:`realnvp.data.images.open_image`: 16-bit
 greyscale scaled to 8 bits, opaque alpha dropped, transparent, 32-bit and float images refused,
 images of more than 64 times the model's pixels refused before decoding), converted to the
-run's channels (L or RGB), and must already have its size; 8-bit pixel values are mapped to the run's K levels (``round(v·(K−1)/255)``), so a digits model (K = 17)
-can score ordinary greyscale pictures. ``.npy`` image arrays must hold integers in ``[0, K−1]``;
-vector inputs (``.npy`` or CSV) are in the data's original units and are standardised with the
-run's training statistics.
+run's channels (L or RGB), and must already have its size; 8-bit pixel values are mapped to the
+run's K levels (``round(v·(K−1)/255)``), so a digits model (K = 17) can score ordinary greyscale
+pictures. ``.npy`` image arrays must hold integers in ``[0, K−1]`` (what ``realnvp sample -o
+FILE.npy`` writes); CSV files are read as ``train --data tabular`` reads them. Vector inputs are
+in the data's original units and are standardised with the run's training statistics.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from .data import DataError, DataInfo
 from .data.images import IMAGE_EXTENSIONS, open_image
+from .data.tabular import read_csv
 
 
 def _image_file(path: Path, info: DataInfo) -> torch.Tensor:
@@ -32,25 +34,28 @@ def _image_file(path: Path, info: DataInfo) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(levels)).to(torch.uint8)[None]
 
 
-def _array(path: Path, info: DataInfo) -> np.ndarray:
+def _array(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """The numbers of a ``.npy`` file, or of a CSV file read as ``train --data tabular`` reads it
+    (a header line allowed), with the 1-based line of each CSV row."""
+    if path.suffix.lower() != ".npy":
+        return read_csv(path)
     try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        return np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
+        return np.load(path, allow_pickle=False), None
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read numbers ({e})") from e
 
 
-def _vectors(arr: np.ndarray, path: Path, info: DataInfo) -> torch.Tensor:
+def _vectors(arr: np.ndarray, lines: np.ndarray | None, path: Path, info: DataInfo) -> torch.Tensor:
     arr = np.asarray(arr, dtype=np.float64)
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[1] != info.dim:
         raise DataError(f"{path}: expected rows of {info.dim} numbers, got shape {arr.shape}")
     bad = np.argwhere(~np.isfinite(arr))
-    if len(bad):
+    if len(bad):  # counted from 1, as the training reader counts
         r, col = bad[0]
-        raise DataError(f"{path}: row {r}, column {col} is not a finite number")
+        where = f"line {lines[r]}" if lines is not None else f"row {r + 1}"
+        raise DataError(f"{path}: {where}, column {col + 1}: value {arr[r, col]} is not finite")
     if info.mean is not None:
         arr = (arr - np.asarray(info.mean)) / np.asarray(info.std)
     return torch.from_numpy(arr).float()
@@ -83,8 +88,9 @@ def read_inputs(paths: list[str], info: DataInfo) -> list[tuple[str, torch.Tenso
         if info.kind == "image" and suffix in IMAGE_EXTENSIONS:
             out.append((name, _image_file(path, info)))
         elif suffix in (".npy", ".csv", ".txt"):
-            arr = _array(path, info)
-            batch = _image_array(arr, path, info) if info.kind == "image" else _vectors(arr, path, info)
+            arr, lines = _array(path)
+            batch = _image_array(arr, path, info) if info.kind == "image" \
+                else _vectors(arr, lines, path, info)
             if batch.shape[0] == 0:
                 raise DataError(f"{path}: no rows")
             out.append((name, batch))

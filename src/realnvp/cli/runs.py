@@ -51,7 +51,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from ..inputs import to_pixels
+    from ..inputs import to_levels, to_pixels
     from ..viz import image_grid, samples_and_density, save
 
     if args.n < 1:
@@ -77,7 +77,8 @@ def cmd_sample(args) -> int:
     if suffix in (".npy", ".csv"):
         import numpy as np
 
-        arr = to_pixels(x, info).numpy() if info.kind == "image" else _unstandardise(x, info)
+        # images as the data's levels 0…K−1 (score reads them back), vectors in the data's units
+        arr = to_levels(x, info).numpy() if info.kind == "image" else _unstandardise(x, info)
         with atomic.replacing(out) as tmp:
             if suffix == ".npy":
                 with open(tmp, "wb") as f:
