@@ -172,3 +172,23 @@ def test_a_second_writer_of_a_run_directory_is_refused_naming_the_holder(tmp_pat
         held = RunLock(path).acquire()
         run(tiny(epochs=2), path, data, resume=True)
     held.release()
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_can_be_started_again(tmp_path, data):
+    from realnvp.runs import RunError
+    from realnvp.training import Faults, TrainingError
+
+    class AllBad(Faults):
+        def loss(self, ctx, loss):
+            return loss * float("nan")
+
+    path = tmp_path / "run"
+    with pytest.raises(TrainingError):
+        run(tiny(epochs=1, max_bad_steps=2), path, data, faults=AllBad())
+    with pytest.raises(RunError, match="stopped before its first checkpoint.*--overwrite"):
+        run(tiny(epochs=1), path, data)
+    result = run(tiny(epochs=1, lr=5e-4), path, data, overwrite=True)
+    assert math.isfinite(result["bits_per_dim"])
+    assert json.loads((path / "config.json").read_text())["lr"] == 5e-4
+    with pytest.raises(RunError, match="holds a run with checkpoints"):
+        run(tiny(epochs=1), path, data, overwrite=True)

@@ -46,6 +46,8 @@ def cmd_train(args) -> int:
     out = args.out or (args.resume if isinstance(args.resume, str) else None)
     if resume and out is None:
         raise UsageError("--resume needs the run directory (--resume RUN or --out RUN)")
+    if resume and args.overwrite:
+        raise UsageError("--resume continues a run and --overwrite starts it again; choose one")
     if resume and args.config:
         raise UsageError("--resume continues the run's saved configuration; --config cannot change it")
     if args.config:
@@ -67,7 +69,8 @@ def cmd_train(args) -> int:
     args.resume_hint = f"realnvp train --resume {run_dir}"
     try:
         result = train(cfg, run_dir, resume=resume, overrides=overrides if resume else None,
-                       quiet=args.quiet, max_steps=args.max_steps, time_budget=args.time_budget)
+                       quiet=args.quiet, max_steps=args.max_steps, time_budget=args.time_budget,
+                       overwrite=args.overwrite)
     except BaseException:
         # a run that failed before writing anything leaves no empty folder (rank 0 alone tidies
         # up under torchrun, so no rank removes a folder another one is about to write into)
@@ -117,6 +120,8 @@ def add_parser(sub) -> None:
     t.add_argument("--out", help="run directory (default runs/DATA-TIME)")
     t.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN",
                    help="continue the run in RUN (or --out) from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start again in --out if its run stopped before its first checkpoint")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any configuration key")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--max-steps", type=positive_int, metavar="N",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -16,12 +17,19 @@ from ..runs import RunError, read_run_files
 RESUME_OVERRIDES = frozenset({"epochs", "device", "num_workers", "eval_batch_size", "threads"})
 
 
-def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overrides: dict) -> tuple[Config, bool]:
+#: What a run writes into its directory, besides its checkpoints (``--overwrite`` removes them).
+RUN_FILES = ("config.json", "data.json", "metrics.csv", "eval.json", "samples.png", "curves.png",
+             "samples", "tensorboard")
+
+
+def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overrides: dict,
+                    overwrite: bool = False) -> tuple[Config, bool]:
     """Validate a run directory; returns ``(config to use, resuming?)``.
 
     A resumed run continues its saved configuration, with only :data:`RESUME_OVERRIDES` changed
     (``seed`` may be repeated, not changed). A new run needs a missing or empty directory (one
-    that holds only what a set-up cut short left behind is fine).
+    that holds only what a set-up cut short left behind is fine); with ``overwrite``, also one
+    that holds a run that died before its first checkpoint, whose files are then removed.
     """
     if resume:
         _, saved, _ = read_run_files(run_dir)
@@ -32,13 +40,30 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overrides: dict) -
         if "seed" in overrides and overrides["seed"] != saved.seed:
             raise ConfigError("--resume cannot change --seed (the run's numbers depend on it)")
         return saved.replace(**{k: v for k, v in overrides.items() if k in RESUME_OVERRIDES}), True
-    if run_dir.exists() and any(p.name not in ("data.json", LOCK) and not atomic.is_temporary(p.name)
-                                for p in run_dir.iterdir()):
+    if overwrite and run_dir.is_dir():
+        if checkpoint_files(run_dir):
+            raise RunError(f"{run_dir} holds a run with checkpoints; --overwrite only replaces a "
+                           "run that stopped before its first one (use --resume or another --out)")
+        for name in RUN_FILES:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    if run_dir.exists() and any(p.name not in ("data.json", LOCK, "checkpoints")
+                                and not atomic.is_temporary(p.name) for p in run_dir.iterdir()):
+        if (run_dir / "config.json").exists() and not checkpoint_files(run_dir):
+            raise RunError(f"{run_dir} holds a run that stopped before its first checkpoint: "
+                           "add --resume to continue it, or --overwrite to start it again")
         if (run_dir / "config.json").exists():
             raise RunError(f"{run_dir} already holds a run: add --resume to continue it, "
                            "or choose another --out")
         raise RunError(f"{run_dir} exists and is not empty; choose another --out")
     return cfg, False
+
+
+def checkpoint_files(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("*.safetensors*"))
 
 
 def describe(run_dir: Path, cfg: Config, info: DataInfo) -> None:

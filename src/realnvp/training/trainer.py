@@ -61,7 +61,8 @@ class Trainer:
     (default :func:`adam`), ``clock`` (seconds, for the ``seconds`` column and the time budget),
     ``faults`` (:class:`Faults` hooks). ``max_steps`` and ``time_budget`` (seconds of training,
     from the start of the first epoch) stop the run at a step boundary: it checkpoints,
-    evaluates and can be resumed; neither is part of the saved configuration.
+    evaluates and can be resumed; neither is part of the saved configuration. ``overwrite``:
+    start again in a directory whose run stopped before its first checkpoint.
     """
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False,
@@ -69,13 +70,13 @@ class Trainer:
                  objective: Objective | None = None, optimizer: Callable = adam,
                  clock: Callable[[], float] = time.monotonic, faults: Faults | None = None,
                  max_steps: int | None = None, time_budget: float | None = None,
-                 quiet: bool = False, log: Callable[..., None] = print):
+                 overwrite: bool = False, quiet: bool = False, log: Callable[..., None] = print):
         self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
         self.overrides = overrides or {}
         self.data, self.objective, self.make_optimizer = data, objective, optimizer
         self.clock, self.faults = clock, faults or Faults()
         self.max_steps, self.time_budget = max_steps, time_budget
-        self.quiet, self.log = quiet, log
+        self.quiet, self.log, self.overwrite = quiet, log, overwrite
         self.stopped: str | None = None  # why the run ended early, if it did
         self.lock: rundir.RunLock | None = None
 
@@ -86,7 +87,8 @@ class Trainer:
         dist = distributed.setup()
         if dist.rank == 0:  # the one writer
             self.lock = rundir.RunLock(self.run_dir).acquire()
-        cfg, resume = rundir.prepare_run_dir(self.run_dir, self.cfg, self.resume, self.overrides)
+        cfg, resume = rundir.prepare_run_dir(self.run_dir, self.cfg, self.resume, self.overrides,
+                                             self.overwrite)
         device = dist.device if dist.enabled else resolve_device(cfg.device)
         main = dist.rank == 0
         say = self.log if main else (lambda *a, **k: None)
