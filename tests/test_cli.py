@@ -219,3 +219,25 @@ def test_every_configuration_key_is_listed_with_its_default_and_meaning(capsys):
     listed = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in listed] == [f.name for f in dataclasses.fields(Config)]
     assert any(line.startswith("grad_clip") and "100.0" in line for line in listed)
+
+
+def test_export_writes_density_and_sampler_equal_to_the_eager_model(tmp_path, capsys, digits_run):
+    import json
+
+    import torch
+
+    from realnvp.runs import load_run
+
+    code, out, err = cli(capsys, "export", digits_run, "-o", tmp_path / "served")
+    assert code == 0, err
+    info = json.loads((tmp_path / "served" / "export.json").read_text())
+    assert info["max_abs_difference"]["density"] <= 1e-5 and info["event_shape"] == [1, 8, 8]
+    model = load_run(digits_run, "best").model
+    density = torch.export.load(str(tmp_path / "served" / "density.pt2")).module()
+    sampler = torch.export.load(str(tmp_path / "served" / "sample.pt2")).module()
+    y = (torch.randint(0, 17, (9, 1, 8, 8)).float() + 0.5) / 17  # another batch size than exported
+    torch.testing.assert_close(density(y), model.log_prob(y), rtol=1e-5, atol=1e-5)
+    z = torch.randn(3, 64)
+    torch.testing.assert_close(sampler(z), model.decode(z), rtol=1e-5, atol=1e-5)
+    code, _, err = cli(capsys, "export", digits_run, "-o", tmp_path / "served" / "export.json")
+    assert code == 2 and "is a file" in err

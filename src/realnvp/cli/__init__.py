@@ -1,4 +1,4 @@
-"""The ``realnvp`` command: train, eval, sample, interpolate, score, info.
+"""The ``realnvp`` command: train, eval, sample, interpolate, score, info, export.
 
 Every user error (unknown data set or option, a directory that is not a run, a checkpoint that
 does not fit, an output that cannot be written, bad input data) ends with one line on stderr and
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
     from ..data import DataError
+    from ..export import ExportError
     from ..runs import RunError
     from ..training import TrainingError
 
@@ -37,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
-            raise UsageError("realnvp: choose a command: train, eval, sample, interpolate, score, info "
-                             "(realnvp --help)")
+            raise UsageError("realnvp: choose a command: train, eval, sample, interpolate, score, "
+                             "info, export (realnvp --help)")
         return args.func(args)
-    except (UsageError, ConfigError, DataError, RunError, CheckpointError) as e:
+    except (UsageError, ConfigError, DataError, RunError, CheckpointError, ExportError) as e:
         if debug:
             raise
         print(f"error: {e}" if not str(e).startswith("realnvp") else f"{e}", file=sys.stderr)

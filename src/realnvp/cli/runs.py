@@ -6,11 +6,12 @@ import csv
 import io
 import json
 import sys
+from pathlib import Path
 
 import torch
 
 from .. import atomic
-from .common import UsageError, positive_int, print_eval, writable_file
+from .common import UsageError, positive_int, print_eval, writable_dir, writable_file
 
 #: Output bounds: samples in one file, the batch they are drawn in, the manifold grid's side.
 MAX_SAMPLES = 1_000_000
@@ -209,6 +210,27 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from ..export import export
+    from ..inputs import pixels_to_unit
+    from ..training import load_split
+
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out} is a file; give a folder for density.pt2 and sample.pt2")
+    writable_dir(out)
+    run = _load(args)
+    dataset, _ = load_split(run.config, "test", args.data_dir, augment=False)
+    x = torch.stack([dataset[i] for i in range(min(64, len(dataset)))])
+    inputs = pixels_to_unit(x, run.info) if run.info.kind == "image" else x.float()
+    device = next(run.model.parameters()).device
+    info = export(run.model, inputs.to(device), out, run.info.num_levels)
+    diff = info["max_abs_difference"]
+    print(f"wrote {out / 'density.pt2'} and {out / 'sample.pt2'} (exported = eager to "
+          f"{diff['density']:.2g} nats and {diff['sample']:.2g} on {len(inputs)} test examples)")
+    return 0
+
+
 def add_parsers(sub) -> None:
     from ..config import DEVICES
     from ..runs import CHECKPOINTS
@@ -256,6 +278,12 @@ def add_parsers(sub) -> None:
     c.add_argument("--batch-size", type=positive_int, default=256)
     c.add_argument("--dequant-samples", type=positive_int, default=4)
     c.set_defaults(func=cmd_score)
+
+    x = sub.add_parser("export", help="the density and sampling paths as torch.export programs")
+    run_args(x, "best")
+    x.add_argument("-o", "--output", required=True, help="folder for density.pt2, sample.pt2")
+    x.add_argument("--data-dir")
+    x.set_defaults(func=cmd_export)
 
     f = sub.add_parser("info", help="configuration, parameter count, progress, best bits/dim")
     f.add_argument("run")

@@ -19,6 +19,9 @@ def cached(module: nn.Module, name: str, inputs: tuple[Tensor, ...], compute, *e
     inside its kernel: so callers also :func:`forget` the cache on every training-mode or
     gradient-recording forward pass, which any such update follows.
     """
+    if torch.compiler.is_compiling():  # traced (compile, export): the graph holds the derivation
+        with torch.no_grad():
+            return compute()
     ref = inputs[0]
     cast = None
     if ref.dtype == torch.float32 and torch.is_autocast_enabled(ref.device.type):  # as autocast
