@@ -231,3 +231,22 @@ def test_score_reads_images_by_the_training_rule_and_refuses_the_rest(tmp_path):
                           ("empty.npy", "no images")]:
         with pytest.raises(DataError, match=message):
             read_inputs([str(tmp_path / name)], info)
+
+
+def test_score_of_tabular_rows_is_in_the_inputs_units(tmp_path, capsys, tabular_run):
+    import csv
+    import io
+
+    from realnvp.runs import load_run
+
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a,b,c\n0.1,0.2,0.3\n1,2,3\n")  # a header, as train accepts
+    code, out, _ = cli(capsys, "score", tabular_run, rows, "--checkpoint", "best")
+    assert code == 0
+    table = list(csv.DictReader(io.StringIO(out)))
+    assert [r["row"] for r in table] == ["1", "2"]
+    run = load_run(tabular_run, "best")
+    mean, std = np.asarray(run.info.mean), np.asarray(run.info.std)
+    x = torch.tensor((np.array([[0.1, 0.2, 0.3], [1, 2, 3]]) - mean) / std, dtype=torch.float32)
+    expected = -run.model.log_prob(x).detach().double().numpy() + np.log(std).sum()
+    np.testing.assert_allclose([float(r["nll_nats"]) for r in table], expected, atol=1e-5)

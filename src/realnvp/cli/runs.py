@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -145,19 +146,24 @@ def cmd_score(args) -> int:
     seed_everything(args.seed)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    header = ["source", "index", "bits_per_dim"]
-    continuous = run.info.num_levels is None
+    header = ["source", "row", "bits_per_dim"]
+    info = run.info
+    continuous = info.num_levels is None
+    # continuous data: in the input's units, so the standardisation's Jacobian Σ log σ is added
+    # to the standardised NLL (the run's own figures, like the papers', are standardised)
+    log_scale = sum(math.log(s) for s in info.std) if continuous and info.std else 0.0
     if continuous:
         header.append("nll_nats")
     w.writerow(header)
     for source, batch in inputs:
         for start in range(0, batch.shape[0], args.batch_size):
             chunk = batch[start:start + args.batch_size]
-            bpd = per_example_bits_per_dim(run.model, chunk, run.info, args.dequant_samples).cpu()
+            bpd = per_example_bits_per_dim(run.model, chunk, info, args.dequant_samples).cpu()
             for i, b in enumerate(bpd.tolist()):
-                row = [source, start + i, f"{b:.6f}"]
+                nll = nats_per_example(b, info.dim) + log_scale
+                row = [source, start + i + 1, f"{nll / (info.dim * math.log(2)) if continuous else b:.6f}"]
                 if continuous:
-                    row.append(f"{nats_per_example(b, run.info.dim):.6f}")
+                    row.append(f"{nll:.6f}")
                 w.writerow(row)
     if args.output:
         atomic.write_text(writable_file(args.output), buf.getvalue())
@@ -271,7 +277,8 @@ def add_parsers(sub) -> None:
     i.add_argument("--data-dir")
     i.set_defaults(func=cmd_interpolate)
 
-    c = sub.add_parser("score", help="per-example bits/dim of new images or rows, as CSV")
+    c = sub.add_parser("score", help="per-example bits/dim of new images or rows, as CSV (rows "
+                       "counted from 1; continuous data in the input's units)")
     run_args(c, "last")
     c.add_argument("inputs", nargs="+", help="image files, .npy arrays or .csv files")
     c.add_argument("-o", "--output", help="CSV file (default: stdout)")
