@@ -241,3 +241,10 @@ def test_export_writes_density_and_sampler_equal_to_the_eager_model(tmp_path, ca
     torch.testing.assert_close(sampler(z), model.decode(z), rtol=1e-5, atol=1e-5)
     code, _, err = cli(capsys, "export", digits_run, "-o", tmp_path / "served" / "export.json")
     assert code == 2 and "is a file" in err
+
+
+def test_debug_is_accepted_after_the_command_too(capsys):
+    from realnvp.data import DataError
+
+    with pytest.raises(DataError, match="unknown data set 'mnsit'"):
+        main(["train", "--debug", "--data", "mnsit"])

@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     from ..runs import RunError
     from ..training import TrainingError
 
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    argv = list(argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in argv  # anywhere: realnvp train --debug ... as well as realnvp --debug train
+    argv = [a for a in argv if a != "--debug"]
     if hasattr(sys.stdout, "reconfigure"):  # a redirected log is readable while a run goes on
         sys.stdout.reconfigure(line_buffering=True)
     try:
