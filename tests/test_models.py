@@ -1,17 +1,31 @@
-"""Whole models: exactness, batch independence in eval mode, gradients, state dicts, sampling."""
+"""Whole models: exactness, batch independence in eval mode, gradients, state dicts, sampling;
+the choices taken from the paper and the authors' code (factor-out, s/t input, coupling map)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from helpers import check_log_det, perturb
 from realnvp import RealNVP, VectorRealNVP
-from realnvp.bijectors import AffineCoupling, BatchNorm, Sequential, Squeeze
+from realnvp.bijectors import (
+    AdditiveCoupling,
+    AffineCoupling,
+    BatchNorm,
+    ChannelPermutation,
+    Checkerboard,
+    Halves,
+    Sequential,
+    Squeeze,
+)
 
 CONFIGS = {
     "image-2x4x4": lambda: RealNVP((2, 4, 4), num_scales=2, hidden_channels=4, num_blocks=1),
     "image-3x8x8": lambda: RealNVP((3, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1),
+    "image-3x8x8-channel-factor-out": lambda: RealNVP(
+        (3, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1, factor_out="channels"),
     "image-1x8x8-3scales-additive": lambda: RealNVP(
         (1, 8, 8), num_scales=3, hidden_channels=4, num_blocks=1, coupling="additive"),
     "image-no-bn-no-logit": lambda: RealNVP(
@@ -172,12 +186,161 @@ def test_paper_cifar_architecture():
 
 
 def test_regularized_parameters_are_scales_only():
+    """The authors' L2 term: every weight-norm ``magnitude`` and the checkerboard couplings'
+    ``rescaling_scale``; convolutions built with ``scale=False`` (the s/t net's first one, each
+    block's first, which a batch norm follows) have no magnitude to penalise."""
     model = RealNVP((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1)
     names = {id(p): n for n, p in model.named_parameters()}
     reg = [names[id(p)] for p in model.regularized_parameters()]
     assert reg and all(n.endswith(("weight_g", "rescale")) for n in reg)
-    assert sum(n.endswith("rescale") for n in reg) == 10
+    affine = [m for m in model.modules() if isinstance(m, AffineCoupling)]
+    checker = [c for c in affine if isinstance(c.mask, Checkerboard)]
+    assert len(affine) == 10 and len(checker) == 7
+    assert sum(n.endswith("rescale") for n in reg) == 7
+    penalised = {id(p) for p in model.regularized_parameters()}
+    assert all((id(c.rescale) in penalised) == (c in checker) for c in affine)
+    # in_skip, one skip, the block's second conv and the output conv in each of the 10 networks
+    assert sum(n.endswith("weight_g") for n in reg) == 4 * 10
     assert not any(n.endswith(("weight_v", "bias")) for n in reg)
+    for c in affine:
+        assert not hasattr(c.net.in_conv, "weight_g")
+        assert all(not hasattr(b.net[2], "weight_g") and isinstance(b.net[3], nn.BatchNorm2d)
+                   for b in c.net.blocks)
+
+
+def _stage_output(stage, x):
+    """What a scale emits before any factor-out reordering, in its squeezed layout."""
+    for layer in stage:
+        if isinstance(layer, ChannelPermutation):
+            break
+        x, _ = layer(x)
+    return x
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"factor_out": "channels"}], ids=["default", "channels"])
+def test_factor_out_is_a_checkerboard_colour(kwargs):
+    """The authors' ``squeeze_2x2_ordered`` split (the default): z_1 is the odd checkerboard
+    colour (offsets (0,1), (1,0) of each 2×2 block) of the first scale's output, all channels;
+    the even colour ((0,0) channels first, then (1,1)) is what the next scale receives. Fails for
+    the channel-halves factor-out, which the second case pins as it is."""
+    torch.manual_seed(0)
+    model = perturb(RealNVP((3, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1,
+                            logit_alpha=None, **kwargs), 0.05).eval()
+    stages = model.bijector.stages
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        z = model.encode(x)
+        h = _stage_output(stages[0], x)  # (B, 12, 4, 4)
+        u = F.pixel_shuffle(h, 2)  # the same at the scale's own resolution, (B, 3, 8, 8)
+        if kwargs:
+            factored, kept = h[:, :6], h[:, 6:]
+        else:
+            factored = torch.cat((u[..., 0::2, 1::2], u[..., 1::2, 0::2]), dim=1)
+            kept = torch.cat((u[..., 0::2, 0::2], u[..., 1::2, 1::2]), dim=1)
+        rest = stages[1](kept)[0]
+    assert model.bijector.latent_shapes == [(6, 4, 4), (6, 4, 4)]
+    assert torch.equal(z[:, :96], factored.flatten(1))
+    assert torch.equal(z[:, 96:], rest.flatten(1))
+    assert model.config["factor_out"] == kwargs.get("factor_out", "checkerboard")
+
+
+def test_st_network_input_follows_the_authors_code():
+    """``masked_conv_aff_coupling``: the network sees relu([2·bn(b⊙x), −2·bn(b⊙x), b]); the
+    channel-wise coupling relu([bn(x₁), −bn(x₁)]); batch norms without gain, ε = 1e-4."""
+    torch.manual_seed(0)
+    model = perturb(RealNVP((2, 4, 4), num_scales=2, hidden_channels=4, num_blocks=1), 0.2)
+    couplings = [m for m in model.modules() if isinstance(m, AffineCoupling)]
+    seen = {}
+    hooks = [c.net.register_forward_pre_hook(lambda net, args: seen.__setitem__(net, args[0]))
+             for c in couplings]
+    model.log_prob(torch.rand(5, 2, 4, 4))
+    for h in hooks:
+        h.remove()
+    for c in couplings:
+        net, checker = c.net, isinstance(c.mask, Checkerboard)
+        bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert all(bn.weight is None and bn.bias is not None and bn.eps == 1e-4 for bn in bns)
+        assert net.in_conv.in_channels == 2 * c.mask.in_features + checker
+        cond = seen[net].detach()
+        if checker:  # the masked input b⊙x
+            assert torch.equal(cond * (1 - c.mask.b), torch.zeros_like(cond))
+        normed = F.batch_norm(cond, None, None, None, net.in_norm.bias, True, 0.0, 1e-4)
+        gain = 2.0 if checker else 1.0
+        expected = [gain * normed, -gain * normed]
+        if checker:
+            expected.append(c.mask.b.expand(5, 1, *cond.shape[2:]))
+        torch.testing.assert_close(net._lift_input(cond), torch.relu(torch.cat(expected, dim=1)))
+
+
+def test_rescale_is_a_scalar_initialised_as_the_authors_do():
+    """One scalar per coupling: 0 in checkerboard couplings (``rescaling_scale``), 1 in
+    channel-wise ones (``scale``); it gets a gradient from the first step."""
+    model = RealNVP((2, 4, 4), num_scales=2, hidden_channels=4, num_blocks=1)
+    couplings = [m for m in model.modules() if isinstance(m, AffineCoupling)]
+    for c in couplings:
+        assert c.rescale.shape == ()
+        assert c.rescale.item() == (0.0 if isinstance(c.mask, Checkerboard) else 1.0)
+    (-model.log_prob(torch.rand(8, 2, 4, 4)).mean()).backward()
+    assert all(c.rescale.grad.abs() > 0 for c in couplings)
+
+
+class _Stub(nn.Module):
+    """An s/t "network" that ignores its input and emits fixed raw scales and shifts."""
+
+    def __init__(self, raw: torch.Tensor, t: torch.Tensor):
+        super().__init__()
+        self.h = torch.cat((raw, t), dim=1) if raw is not None else t
+
+    def forward(self, cond):
+        return self.h.expand(cond.shape[0], *self.h.shape[1:]).to(cond.dtype)
+
+
+@pytest.mark.parametrize("mask", ["checkerboard", "halves"])
+@pytest.mark.parametrize("memory_saving", [False, True])
+def test_affine_coupling_is_the_papers_map(mask, memory_saving):
+    """Paper eq. 6: y = x⊙exp(s) + t on the transformed part, y = x on the rest, log-det Σ s;
+    with s = rescale·tanh(raw) for the network's known (raw, t). Self-consistency (inverse,
+    Jacobian) cannot tell this map from (x + t)⊙exp(s); this test does."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 4, 4, 4, generator=g, dtype=torch.float64)
+    m = Checkerboard(4, 4, 4, parity=1) if mask == "checkerboard" else Halves(4, flip=True)
+    shape = (1, 4, 4, 4) if mask == "checkerboard" else (1, 2, 4, 4)
+    raw, t = torch.randn(shape, generator=g) * 2, torch.randn(shape, generator=g) * 3
+    layer = AffineCoupling(m, _Stub(raw, t), rescale_init=1.5).double()
+    s = 1.5 * torch.tanh(raw.double())
+    if mask == "checkerboard":
+        active = 1 - m.b.double()
+        expected = x * (1 - active) + active * (x * torch.exp(s) + t)
+        log_det = (active * s).sum(dim=(1, 2, 3)).expand(4)
+    else:  # flip: the second half conditions, the first is transformed
+        expected = torch.cat((x[:, :2] * torch.exp(s) + t, x[:, 2:]), dim=1)
+        log_det = s.sum().expand(4)
+    chain = Sequential(layer)
+    chain.memory_saving = memory_saving
+    x_in = x.clone().requires_grad_(memory_saving)
+    y, ld = chain(x_in)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ld, log_det, rtol=1e-12, atol=1e-12)
+    back, ld_inv = layer.inverse(expected)
+    torch.testing.assert_close(back, x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ld_inv, -log_det, rtol=1e-12, atol=1e-12)
+    if memory_saving:  # the recomputed backward differentiates the same map
+        weights = torch.arange(y.numel(), dtype=y.dtype).view_as(y)
+        (y * weights).sum().backward()
+        if mask == "checkerboard":
+            slope = 1 - active + active * torch.exp(s)
+        else:
+            slope = torch.cat((torch.exp(s), torch.ones_like(s)), dim=1)
+        torch.testing.assert_close(x_in.grad, weights * slope, rtol=1e-12, atol=1e-12)
+
+
+def test_additive_coupling_is_nices_map():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    t = torch.randn(1, 2, generator=g)
+    y, ld = AdditiveCoupling(Halves(4), _Stub(None, t))(x)
+    torch.testing.assert_close(y, torch.cat((x[:, :2], x[:, 2:] + t), dim=1), rtol=0, atol=1e-15)
+    assert torch.equal(ld, torch.zeros(3, dtype=torch.float64))
 
 
 @pytest.mark.parametrize(

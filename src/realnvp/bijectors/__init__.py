@@ -8,7 +8,7 @@ from .masks import Checkerboard, Halves, Mask, checkerboard
 from .multiscale import MultiScale
 from .normalization import ActNorm, BatchNorm
 from .preprocessing import Dequantize, Logit, bits_per_dim
-from .squeeze import Squeeze
+from .squeeze import ChannelPermutation, Squeeze, checkerboard_colour_order
 
 __all__ = [
     "ActNorm",
@@ -16,6 +16,7 @@ __all__ = [
     "AffineCoupling",
     "BatchNorm",
     "Bijector",
+    "ChannelPermutation",
     "Checkerboard",
     "Dequantize",
     "HalfCouplings",
@@ -29,6 +30,7 @@ __all__ = [
     "Squeeze",
     "bits_per_dim",
     "checkerboard",
+    "checkerboard_colour_order",
     "sum_except_batch",
     "zero_log_det",
 ]

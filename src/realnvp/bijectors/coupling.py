@@ -128,25 +128,40 @@ class AffineCoupling(_Coupling):
     """RealNVP's affine coupling with a tanh-bounded scale.
 
     ``net`` maps ``(B, mask.in_features, ...)`` to ``(B, 2 * mask.out_features, ...)``: the first
-    half is the raw scale, the second the shift. The scale is ``s = rescale ⊙ tanh(raw)`` with a
-    learned per-channel ``rescale`` initialised to one. The network's last layer is expected to
-    start small (not zero), so the layer begins near the identity while every parameter, the
-    rescaling included, receives a gradient from the first step; zeroing both the last layer and
-    ``rescale`` would leave the scale branch without gradient for ever.
+    half is the raw scale, the second the shift. The scale is ``s = rescale · tanh(raw)`` with a
+    learned ``rescale``: one scalar per coupling, as in the authors' code (``rescaling_scale`` in
+    ``masked_conv_aff_coupling``, ``scale`` in ``conv_ch_aff_coupling``), or one per channel with
+    ``per_channel_rescale=True``. It starts at ``rescale_init``; the authors start it at 0 in
+    their checkerboard couplings and at 1 in their channel-wise ones (what
+    :class:`~realnvp.RealNVP` does). ``penalize_rescale``: whether the L2 penalty covers it (the
+    authors' code penalises the checkerboard couplings' ``rescaling_scale`` only).
+
+    The network's last layer is expected to start small (not zero): zeroing both it and
+    ``rescale`` would leave the scale branch without gradient for ever. With a small last layer
+    and ``rescale`` at 0 the layer starts with ``s = 0`` and ``rescale`` gets a gradient from the
+    first step (through ``tanh(raw) ≠ 0``), the rest of the scale branch as soon as it moves.
     """
 
-    def __init__(self, mask: Mask, net: nn.Module):
+    def __init__(self, mask: Mask, net: nn.Module, rescale_init: float = 1.0,
+                 per_channel_rescale: bool = False, penalize_rescale: bool = True):
         super().__init__(mask, net)
-        self.rescale = nn.Parameter(torch.ones(mask.out_features))
+        shape = (mask.out_features,) if per_channel_rescale else ()
+        self.rescale = nn.Parameter(torch.full(shape, float(rescale_init)))
+        self.penalize_rescale = bool(penalize_rescale)
 
     def penalized_parameters(self) -> list[nn.Parameter]:
-        """The scale factors ``rescale``: the paper's L2 penalty covers them (with the
-        weight-norm magnitudes of the network, which the network's own layers name)."""
-        return [self.rescale]
+        """The scale factor ``rescale`` unless ``penalize_rescale=False``: the paper's L2
+        penalty covers it (with the weight-norm magnitudes of the network, which the network's
+        own layers name)."""
+        return [self.rescale] if self.penalize_rescale else []
 
     def _scale_and_shift(self, h: Tensor, ndim: int) -> tuple[Tensor, Tensor]:
         raw, t = h.chunk(2, dim=1)
-        return _per_channel(self.rescale, ndim) * torch.tanh(raw), t
+        rescale = self.rescale if self.rescale.dim() == 0 else _per_channel(self.rescale, ndim)
+        return rescale * torch.tanh(raw), t
+
+    def extra_repr(self) -> str:
+        return f"rescale={tuple(self.rescale.shape) or 'scalar'}, penalize_rescale={self.penalize_rescale}"
 
 
 class AdditiveCoupling(_Coupling):

@@ -187,7 +187,9 @@ class Flow(nn.Module):
         """The parameters the paper's L2 penalty covers: weight-norm magnitudes (``weight_g``, in
         :meth:`named_parameters` order) and then what each layer lists in its
         :meth:`~realnvp.bijectors.Bijector.penalized_parameters` (the coupling scale factors
-        ``rescale``), and nothing else."""
+        ``rescale`` that are penalised: in :class:`~realnvp.RealNVP` the checkerboard couplings'
+        only, as in the authors' code), and nothing else. Layers without a magnitude
+        (``scale=False``) contribute none."""
         params = weight_norm_magnitudes(self)
         params += [p for m in self.modules() if isinstance(m, Bijector) for p in m.penalized_parameters()]
         return params

@@ -7,6 +7,7 @@ from ..bijectors import (
     AffineCoupling,
     BatchNorm,
     Bijector,
+    ChannelPermutation,
     Checkerboard,
     Halves,
     Logit,
@@ -14,11 +15,14 @@ from ..bijectors import (
     MultiScale,
     Sequential,
     Squeeze,
+    checkerboard_colour_order,
 )
 from ..nets import ResNet
 from .flow import Flow
 
 COUPLINGS = {"affine": AffineCoupling, "additive": AdditiveCoupling}
+#: what leaves the flow after each scale but the last (see :class:`RealNVP`)
+FACTOR_OUTS = ("checkerboard", "channels")
 
 
 def _logit_domain(alpha: float) -> tuple[float, float]:
@@ -32,10 +36,20 @@ class RealNVP(Flow):
     """Multi-scale RealNVP for images ``(B, C, H, W)`` with values in ``[0, 1]``.
 
     Each scale but the last: 3 couplings with alternating checkerboard masks, a squeeze, 3
-    couplings with alternating channel-wise masks, then half of the channels are factored out.
+    couplings with alternating channel-wise masks, then half of the units are factored out.
     The last scale: 4 checkerboard couplings. The s/t ResNets have ``hidden_channels`` feature
     maps at the first scale and double with every squeeze. With ``batch_norm`` a
     :class:`~realnvp.bijectors.BatchNorm` follows every coupling (its log-det counted).
+
+    ``factor_out="checkerboard"`` (the authors' code, ``squeeze_2x2_ordered`` in
+    ``rec_masked_conv_coupling``): the factored half is one checkerboard colour (i + j odd) of
+    the scale's output at the scale's resolution, all channels; the even colour continues, as
+    ``(2C, H/2, W/2)`` with offset (0, 0) of every 2×2 block in its first C channels and (1, 1)
+    in the last C. ``"channels"``: the first half of the squeezed channels is factored out (for
+    RGB: all of R and half of G) and the second half continues.
+
+    The s/t networks and scales are set up as in the authors' code (see :func:`_coupling` and
+    :mod:`realnvp.nets.resnet`).
 
     The input is expected to be dequantized data scaled to ``[0, 1]`` (see
     :class:`~realnvp.bijectors.Dequantize`); the first layer is the logit transform with
@@ -61,8 +75,11 @@ class RealNVP(Flow):
         bn_momentum: float = 0.1,
         validate_args: bool = True,
         memory_saving: bool = False,
+        factor_out: str = "checkerboard",
     ):
         _, h, w = in_shape
+        if factor_out not in FACTOR_OUTS:
+            raise ValueError(f"factor_out must be one of {FACTOR_OUTS}, got {factor_out!r}")
         if coupling not in COUPLINGS:
             raise ValueError(f"coupling must be one of {sorted(COUPLINGS)}, got {coupling!r}")
         if num_scales < 1:
@@ -74,7 +91,7 @@ class RealNVP(Flow):
                 f"(H and W must be divisible by {f} and leave at least 2x2 at the last scale)"
             )
         stages = _stages(in_shape, num_scales, hidden_channels, num_blocks, coupling, batch_norm,
-                         bn_momentum)
+                         bn_momentum, factor_out)
         body = MultiScale(stages, in_shape)
         bijector = body if logit_alpha is None else Sequential(Logit(logit_alpha), body)
         super().__init__(
@@ -86,27 +103,23 @@ class RealNVP(Flow):
         self.config = dict(
             in_shape=tuple(in_shape), num_scales=num_scales, hidden_channels=hidden_channels,
             num_blocks=num_blocks, coupling=coupling, batch_norm=batch_norm,
-            logit_alpha=logit_alpha, bn_momentum=bn_momentum,
+            logit_alpha=logit_alpha, bn_momentum=bn_momentum, factor_out=factor_out,
         )
         if memory_saving:
             self.memory_saving_(True)
 
 
 def _stages(in_shape: tuple[int, int, int], num_scales: int, hidden_channels: int, num_blocks: int,
-            coupling: str, batch_norm: bool, bn_momentum: float) -> list[Bijector]:
+            coupling: str, batch_norm: bool, bn_momentum: float,
+            factor_out: str = "checkerboard") -> list[Bijector]:
     """One :class:`Sequential` per scale (see :class:`RealNVP`), built layer by layer in order
     (the order in which the initial weights are drawn). Stage k acts on ``(C_k, H_k, W_k)``:
     ``(C_0, H_0, W_0) = in_shape``; a squeeze makes it ``(4C, H/2, W/2)`` and the s/t networks
-    twice as wide, and the factor-out then halves the channels."""
-    coupling_cls = COUPLINGS[coupling]
-    affine = coupling == "affine"
-
+    twice as wide; with ``factor_out="checkerboard"`` a channel permutation then puts the
+    factored colour first, and the factor-out halves the channels."""
     def layer(mask: Mask, channels: int, hidden: int) -> list[Bijector]:
         """A coupling on ``channels`` channels, then (optionally) batch norm on its output."""
-        out = mask.out_features * (2 if affine else 1)
-        net = ResNet(mask.in_features, out, hidden=hidden, num_blocks=num_blocks,
-                     out_bias=affine or not batch_norm)
-        layers: list[Bijector] = [coupling_cls(mask, net)]
+        layers = [_coupling(coupling, mask, hidden, num_blocks, batch_norm)]
         if batch_norm:
             layers.append(BatchNorm(channels, momentum=bn_momentum))
         return layers
@@ -120,9 +133,27 @@ def _stages(in_shape: tuple[int, int, int], num_scales: int, hidden_channels: in
             layers += layer(Checkerboard(c_now, h_now, w_now, parity=i % 2), c_now, hidden)
         if not last:
             layers.append(Squeeze())
-            c_now, h_now, w_now, hidden = 4 * c_now, h_now // 2, w_now // 2, 2 * hidden
+            c_in, c_now, h_now, w_now, hidden = c_now, 4 * c_now, h_now // 2, w_now // 2, 2 * hidden
             for i in range(3):
                 layers += layer(Halves(c_now, flip=bool(i % 2)), c_now, hidden)
+            if factor_out == "checkerboard":
+                layers.append(ChannelPermutation(checkerboard_colour_order(c_in)))
             c_now //= 2
         stages.append(Sequential(*layers))
     return stages
+
+
+def _coupling(kind: str, mask: Mask, hidden: int, num_blocks: int, batch_norm: bool) -> Bijector:
+    """One coupling with its s/t ResNet, set up as in the authors' code: a checkerboard
+    coupling's network sees ``2·bn(b⊙x)`` and the mask ``b`` as an extra channel, and its scalar
+    ``rescale`` starts at 0 and is L2-penalised (``rescaling_scale``); a channel-wise coupling's
+    network sees ``bn(x_cond)``, its ``rescale`` starts at 1 and is not penalised (``scale``)."""
+    checker = isinstance(mask, Checkerboard)
+    affine = kind == "affine"
+    out = mask.out_features * (2 if affine else 1)
+    net = ResNet(mask.in_features, out, hidden=hidden, num_blocks=num_blocks,
+                 out_bias=affine or not batch_norm, mask=mask.b if checker else None,
+                 in_gain=2.0 if checker else 1.0)
+    if not affine:
+        return COUPLINGS[kind](mask, net)
+    return AffineCoupling(mask, net, rescale_init=0.0 if checker else 1.0, penalize_rescale=checker)

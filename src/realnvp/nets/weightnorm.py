@@ -2,6 +2,10 @@
 
 ``w = g · v / ‖v‖`` with one magnitude ``g`` per output unit. The magnitudes are the parameters
 the paper's L2 penalty acts on; their name, ``weight_g``, is how models find them.
+
+``scale=False`` (the authors' ``conv_layer(..., scale=False)``) drops the magnitude: ``w = v / ‖v‖``,
+unit-norm filters. The authors use it where a batch norm follows (a magnitude there cannot change
+the output, and the L2 penalty would only shrink it) and on the s/t network's first convolution.
 """
 
 from __future__ import annotations
@@ -16,12 +20,24 @@ from .evalcache import cached, forget
 class _WeightNormMixin:
     channels_last: bool | None = False  # convolutions override this
 
-    def _init_weight_norm(self, init_scale: float) -> None:
+    def _init_weight_norm(self, init_scale: float, scale: bool = True) -> None:
         # Start with w equal to the default-initialised weight (times init_scale).
         v = self.weight.detach().clone()
         del self.weight
         self.weight_v = nn.Parameter(v)
-        self.weight_g = nn.Parameter(init_scale * self._norm(v))
+        if scale:
+            self.weight_g = nn.Parameter(init_scale * self._norm(v))
+        elif init_scale != 1.0:
+            raise ValueError("a weight-normalised layer without magnitude (scale=False) has "
+                             f"unit-norm filters; init_scale must be 1, got {init_scale}")
+        else:  # a constant unit magnitude, so the fused kernel still does the normalising
+            self.register_buffer("_unit_g", torch.ones(v.shape[0], dtype=v.dtype), persistent=False)
+
+    @property
+    def magnitude(self) -> Tensor:
+        """``g``: the parameter ``weight_g``, or constant ones for a layer without magnitude."""
+        g = self._parameters.get("weight_g")
+        return self._buffers["_unit_g"] if g is None else g
 
     def _norm(self, v: Tensor) -> Tensor:
         return v.flatten(1).norm(dim=1)
@@ -34,7 +50,7 @@ class _WeightNormMixin:
         (see :func:`cached`), already cast to the autocast dtype when autocast is on, so
         evaluating many batches neither renormalises nor re-casts every weight each time.
         """
-        v, g = self.weight_v, self.weight_g
+        v, g = self.weight_v, self.magnitude
         if torch.is_grad_enabled() and (v.requires_grad or g.requires_grad):
             forget(self, "_wn_cache")
             return self._compute_weight(v, g)
@@ -73,7 +89,8 @@ def _weight_norm(v: Tensor, g: Tensor) -> Tensor:
 
 
 class WNConv2d(_WeightNormMixin, nn.Conv2d):
-    """``nn.Conv2d`` with weight normalisation; ``init_scale`` multiplies the initial weight.
+    """``nn.Conv2d`` with weight normalisation; ``init_scale`` multiplies the initial weight;
+    ``scale=False``: no magnitude (unit-norm filters).
 
     On the CPU the normalised weight is handed to the convolution in the channels-last memory
     format, which makes the convolution (and so every activation after it) run channels-last:
@@ -85,9 +102,9 @@ class WNConv2d(_WeightNormMixin, nn.Conv2d):
 
     channels_last: bool | None = None
 
-    def __init__(self, *args, init_scale: float = 1.0, **kwargs):
+    def __init__(self, *args, init_scale: float = 1.0, scale: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_weight_norm(init_scale)
+        self._init_weight_norm(init_scale, scale)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.normalized_weight(), self.bias)
