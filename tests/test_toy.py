@@ -1,4 +1,4 @@
-"""The toy densities' entropies (realnvp.data.toy.ENTROPY_NATS) and the toy recipe."""
+"""The toy densities' entropies (realnvp.data.toy.ENTROPY_NATS): analytic and Monte Carlo checks."""
 
 from __future__ import annotations
 

@@ -31,22 +31,15 @@ class ExportError(ValueError):
     """The exporter could not take the model, or the exported program disagrees with it."""
 
 
-class _Density(nn.Module):
-    def __init__(self, flow: Flow):
+class _Path(nn.Module):
+    """One of the flow's methods (``log_prob``, ``decode``) as a module to export."""
+
+    def __init__(self, flow: Flow, method: str):
         super().__init__()
-        self.flow = flow
+        self.flow, self.method = flow, method
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.flow.log_prob(y)
-
-
-class _Sampler(nn.Module):
-    def __init__(self, flow: Flow):
-        super().__init__()
-        self.flow = flow
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.flow.decode(z)
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return getattr(self.flow, self.method)(t)
 
 
 def _export(module: nn.Module, example: torch.Tensor, check: torch.Tensor, name: str):
@@ -72,9 +65,9 @@ def export(flow: Flow, inputs: torch.Tensor, out_dir: str | Path, num_levels: in
     for p in flow.parameters():
         p.requires_grad_(False)
     out_dir = Path(out_dir)
-    density, d_diff = _export(_Density(flow), inputs[:2], inputs, "density")
+    density, d_diff = _export(_Path(flow, "log_prob"), inputs[:2], inputs, "density")
     z = torch.randn(len(inputs), flow.num_dims, generator=torch.Generator().manual_seed(0))
-    sampler, s_diff = _export(_Sampler(flow), z[:2], z, "sampling")
+    sampler, s_diff = _export(_Path(flow, "decode"), z[:2], z, "sampling")
     for name, program in (("density.pt2", density), ("sample.pt2", sampler)):
         with atomic.replacing(out_dir / name) as tmp:
             torch.export.save(program, str(tmp))

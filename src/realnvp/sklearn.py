@@ -59,7 +59,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
     def fit(self, X, y=None) -> FlowDensity:
         """Fit the flow to the rows of ``X``; ``y`` is ignored."""
         from .training import TrainingData, train
-        from .training.data import Carved, validation_indices
+        from .training.data import carve
 
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=3)
         if X.shape[1] < 2:
@@ -70,9 +70,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
         cfg = self._config(len(X))
         info = DataInfo("tabular", "vector", (X.shape[1],), None, mean=tuple(mean), std=tuple(std))
         whole = VectorDataset((X - mean) / std)
-        rest, valid = validation_indices(len(X), cfg.valid_size)
-        data = TrainingData(info, Carved(whole, rest.tolist()), Carved(whole, valid.tolist()),
-                            Carved(whole, valid.tolist()))
+        rest, valid = carve(whole, cfg.valid_size)
+        data = TrainingData(info, rest, test=valid, valid=valid)
         with tempfile.TemporaryDirectory() as tmp:
             train(cfg, Path(tmp) / "run", quiet=True, log=lambda *a: None, data=data)
             tensors, _ = checkpoint.load(Path(tmp) / "run" / "checkpoints" / "best.safetensors")

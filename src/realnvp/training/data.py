@@ -56,6 +56,13 @@ def _unaugmented(dataset: Dataset) -> Dataset:
     return view() if view is not None else dataset
 
 
+def carve(dataset: Dataset, valid_size: float) -> tuple[Carved, Carved]:
+    """``(train, valid)`` rows of a training split (:func:`validation_indices`); the validation
+    rows are a view of the same data without augmentation."""
+    train, valid = validation_indices(len(dataset), valid_size)
+    return Carved(dataset, train.tolist()), Carved(_unaugmented(dataset), valid.tolist())
+
+
 def load_split(cfg: Config, split: str, data_dir: str | None = None, download: bool = False,
                augment: bool | None = None) -> tuple[Dataset, DataInfo]:
     """Split ``split`` (one of :data:`SPLITS`) of the data set ``cfg`` names (``data_dir``
@@ -73,10 +80,8 @@ def load_split(cfg: Config, split: str, data_dir: str | None = None, download: b
         if split == "valid":
             raise ConfigError("this run has no validation split (valid_size is 0)")
         return dataset, info
-    train, valid = validation_indices(len(dataset), cfg.valid_size)
-    if split == "valid":
-        return Carved(_unaugmented(dataset), valid.tolist()), info
-    return Carved(dataset, train.tolist()), info
+    train, valid = carve(dataset, cfg.valid_size)
+    return (valid if split == "valid" else train), info
 
 
 class _Skip(Sampler):
@@ -144,6 +149,5 @@ def load_training_data(cfg: Config, download: bool = False) -> TrainingData:
     test, _ = load_split(cfg, "test", augment=False)
     if not cfg.valid_size:
         return TrainingData(info, whole, test)
-    train, valid = validation_indices(len(whole), cfg.valid_size)
-    return TrainingData(info, Carved(whole, train.tolist()), test,
-                        Carved(_unaugmented(whole), valid.tolist()))
+    train, valid = carve(whole, cfg.valid_size)
+    return TrainingData(info, train, test, valid)
