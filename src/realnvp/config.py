@@ -37,6 +37,7 @@ class Config:
     coupling: str = "affine"
     batch_norm: bool = True
     logit_alpha: float = 0.05
+    factor_out: str = "checkerboard"
     num_couplings: int = 8
     hidden: int = 128
     num_layers: int = 2
@@ -100,6 +101,9 @@ HELP = {
     "coupling": "affine (RealNVP) or additive (NICE) couplings",
     "batch_norm": "batch normalisation as a bijector between couplings and in the s/t networks",
     "logit_alpha": "image model: the logit transform's margin α in logit(α + (1 − 2α)·y)",
+    "factor_out": "image model: what leaves the flow after each scale but the last: checkerboard "
+                  "(one colour of the squeezed tensor, the authors' code) or channels (the first "
+                  "half of the channels)",
     "num_couplings": "vector model: coupling layers",
     "hidden": "vector model: width of the s/t MLPs",
     "num_layers": "vector model: hidden layers of the s/t MLPs",
@@ -109,8 +113,8 @@ HELP = {
     "lr": "Adam's learning rate",
     "betas": "Adam's (β1, β2)",
     "eps": "Adam's ε",
-    "l2": "× Σθ² over weight-norm magnitudes and coupling rescales, added to the NLL in nats "
-          "per example (the authors' cost)",
+    "l2": "× Σθ² over weight-norm magnitudes and the checkerboard couplings' rescales, added to "
+          "the NLL in nats per example (the authors' cost)",
     "grad_clip": "global norm the gradient of that cost is clipped to",
     "warmup_steps": "steps of linear learning-rate warm-up (0: none)",
     "ema_decay": "decay of the moving average of the weights that is evaluated (0: none)",
@@ -141,7 +145,7 @@ def describe_keys() -> str:
                      for f in dataclasses.fields(Config))
 
 
-_CHOICES = {"coupling": ("affine", "additive"), "precision": PRECISIONS, "device": DEVICES}
+_CHOICES = {"coupling": ("affine", "additive"), "factor_out": ("checkerboard", "channels"), "precision": PRECISIONS, "device": DEVICES}
 _FINITE_POSITIVE = (lambda v: 0 < v < math.inf, "a finite number > 0")
 _NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 #: Every range check but the positive integers': (key, test, what is expected).

@@ -16,7 +16,7 @@ def build_model(cfg: Config, info: DataInfo) -> Flow:
             return RealNVP(
                 info.shape, num_scales=cfg.num_scales, hidden_channels=cfg.hidden_channels,
                 num_blocks=cfg.num_blocks, coupling=cfg.coupling, batch_norm=cfg.batch_norm,
-                logit_alpha=cfg.logit_alpha,
+                logit_alpha=cfg.logit_alpha, factor_out=cfg.factor_out,
             )
         return VectorRealNVP(
             info.dim, num_couplings=cfg.num_couplings, hidden=cfg.hidden, num_layers=cfg.num_layers,
