@@ -134,6 +134,31 @@ class Flow(nn.Module):
         z = torch.randn(n, self.num_dims, device=device, dtype=dtype, generator=generator)
         return self.decode(z if temperature == 1.0 else z * temperature)
 
+    def rsample_and_log_prob(self, n: int, temperature: float = 1.0,
+                             generator=None) -> tuple[Tensor, Tensor]:
+        """``n`` reparametrised samples ``(n, *event_shape)`` and the model's ``(n,)``
+        log-density at them, in nats, from one pass through the sampling direction:
+        ``z ~ N(0, temperature² I)``, ``x, ld = bijector.inverse(z)``,
+        ``log p(x) = log N(z; 0, I) − ld`` (``ld = log|det ∂x/∂z|``).
+
+        The log-density is the model's, the number :meth:`log_prob` gives for ``x`` (to
+        round-off), at every temperature: the temperature moves the samples, not the density
+        they are scored by. The density of the tempered samples themselves is
+        ``log p(x) + ½‖z‖²(1 − 1/T²) − D log T``. For an inverse autoregressive flow this is the
+        one-pass density of its own samples (its :meth:`log_prob` takes D passes). Uses the
+        module's current mode, like :meth:`rsample`; differentiable.
+        """
+        if n < 1:
+            raise ValueError(f"number of samples must be >= 1, got {n}")
+        if not 0 <= temperature < math.inf:
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        device, dtype = self._reference()
+        z = torch.randn(n, self.num_dims, device=device, dtype=dtype, generator=generator)
+        if temperature != 1.0:
+            z = z * temperature
+        x, log_det = self.bijector.inverse(z)
+        return x, standard_normal_log_prob(z) - log_det
+
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator=None) -> Tensor:
         """``n`` samples ``(n, *event_shape)`` at the given temperature (which multiplies the
