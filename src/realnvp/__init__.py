@@ -6,7 +6,9 @@ bijector returns ``(output, log_det)`` with a per-example ``(B,)`` log-det in na
 
 from .bijectors import bits_per_dim
 from .models import Flow, RealNVP, VectorRealNVP
+from .models.glow import Glow
 
 __version__ = "0.1.0"
 
 __all__ = ["Flow", "RealNVP", "VectorRealNVP", "bits_per_dim", "__version__"]
+__all__ += ["Glow"]

@@ -3,6 +3,15 @@
 
 from .base import Bijector, Inverse, Sequential, sum_except_batch, zero_log_det
 from .coupling import AdditiveCoupling, AffineCoupling, HalfCouplings
+from .glow import (
+    GlowAdditiveCoupling,
+    GlowAffineCoupling,
+    GlowNet,
+    LearnedPrior,
+    Shift,
+    SplitPrior,
+    ZeroConv2d,
+)
 from .linear import Invertible1x1Conv
 from .masks import Checkerboard, Halves, Mask, checkerboard
 from .multiscale import MultiScale
@@ -19,15 +28,22 @@ __all__ = [
     "ChannelPermutation",
     "Checkerboard",
     "Dequantize",
+    "GlowAdditiveCoupling",
+    "GlowAffineCoupling",
+    "GlowNet",
     "HalfCouplings",
     "Halves",
     "Inverse",
     "Invertible1x1Conv",
+    "LearnedPrior",
     "Logit",
     "Mask",
     "MultiScale",
     "Sequential",
+    "Shift",
+    "SplitPrior",
     "Squeeze",
+    "ZeroConv2d",
     "bits_per_dim",
     "checkerboard",
     "checkerboard_colour_order",
