@@ -14,6 +14,10 @@ Hidden degrees are assigned cyclically, ``m(k) = (k mod (D−1)) + 1`` (the MAF 
 (the feature of rank 1 reaches every unit) and at least one output (the feature of rank ``D`` sees
 every unit). With fewer than ``D − 1`` hidden units the degrees above the width never occur, and
 the features of those ranks reach no output: use ``hidden ≥ D − 1``.
+
+A context (conditional MADE) is an extra input without a mask, with degree 0: hidden degrees are
+then ``m(k) = k mod D``, and the units of degree 0 see the context alone, so that it reaches the
+outputs of the first feature too (which see no input feature at all). Use ``hidden ≥ D``.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ class MADE(nn.Module):
             default ``1..D`` (feature 0 first). Reversed (``D..1``) or random orders between
             stacked layers are the MAF paper's choices.
         context_features: width of an optional context input, connected to every unit of the
-            first hidden layer without a mask (the context reaches every output).
+            first hidden layer without a mask (degree 0: the context reaches every output).
         out_scale: the output layer's weights start at this multiple of the default
             initialisation and its bias at zero, so a flow built on it starts near the identity.
 
@@ -118,11 +122,10 @@ class MADE(nn.Module):
         order = check_order(order, features)
         self.register_buffer("order", order)
 
-        # degrees: hidden units cyclic in 1..D−1 (0 when D = 1: the outputs see only the context)
-        if features > 1:
-            m_hidden = torch.arange(hidden) % (features - 1) + 1
-        else:
-            m_hidden = torch.zeros(hidden, dtype=torch.long)
+        # degrees: hidden units cyclic in 1..D−1, or in 0..D−1 with a context (degree 0: the
+        # units that see the context alone, through which it reaches the first feature's outputs)
+        low = 0 if context_features or features == 1 else 1
+        m_hidden = torch.arange(hidden) % (features - low) + low
         m_out = order.repeat_interleave(out_per_feature)
         mask_in = m_hidden[:, None] >= order[None, :]
         mask_hidden = m_hidden[:, None] >= m_hidden[None, :]
@@ -162,16 +165,17 @@ class MADE(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         if x.dim() != 2 or x.shape[1] != self.features:
             raise ValueError(f"MADE expects (B, {self.features}) input, got shape {tuple(x.shape)}")
-        h = self.input(x)
         if self.context is not None:
             if context is None or context.shape != (x.shape[0], self.context_features):
                 got = None if context is None else tuple(context.shape)
                 raise ValueError(
                     f"MADE expects a context of shape ({x.shape[0]}, {self.context_features}), got {got}"
                 )
-            h = h + self.context(context)
         elif context is not None:
             raise ValueError("this MADE was built without context features (context_features=0)")
+        h = self.input(x)
+        if self.context is not None:
+            h = h + self.context(context)
         if self.residual:
             for block in self.hidden:
                 h = block(h)
