@@ -1,6 +1,7 @@
 """Invertible layers. Every one returns ``(output, log_det)`` in both directions; see
 :mod:`realnvp.bijectors.base` for the contract."""
 
+from .autoregressive import MaskedAutoregressive
 from .base import Bijector, Inverse, Sequential, sum_except_batch, zero_log_det
 from .coupling import AdditiveCoupling, AffineCoupling, HalfCouplings
 from .glow import (
@@ -17,6 +18,7 @@ from .masks import Checkerboard, Halves, Mask, checkerboard
 from .multiscale import MultiScale
 from .normalization import ActNorm, BatchNorm
 from .preprocessing import Dequantize, Logit, bits_per_dim
+from .splines import SplineCoupling, rational_quadratic
 from .squeeze import ChannelPermutation, Squeeze, checkerboard_colour_order
 
 __all__ = [
@@ -37,9 +39,11 @@ __all__ = [
     "Invertible1x1Conv",
     "LearnedPrior",
     "Logit",
+    "MaskedAutoregressive",
     "Mask",
     "MultiScale",
     "Sequential",
+    "SplineCoupling",
     "Shift",
     "SplitPrior",
     "Squeeze",
@@ -47,6 +51,7 @@ __all__ = [
     "bits_per_dim",
     "checkerboard",
     "checkerboard_colour_order",
+    "rational_quadratic",
     "sum_except_batch",
     "zero_log_det",
 ]

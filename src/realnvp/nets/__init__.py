@@ -1,7 +1,9 @@
 """Networks that compute a coupling's scale and shift."""
 
+from .made import MADE, MaskedLinear
 from .mlp import MLP
 from .resnet import ResidualBlock, ResNet
 from .weightnorm import WNConv2d, WNLinear, weight_norm_magnitudes
 
 __all__ = ["MLP", "ResNet", "ResidualBlock", "WNConv2d", "WNLinear", "weight_norm_magnitudes"]
+__all__ += ["MADE", "MaskedLinear"]
