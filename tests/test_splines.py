@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import check_log_det, check_round_trip, perturb
+from realnvp import NSFCoupling
 from realnvp.bijectors import BatchNorm, Checkerboard, Halves, Sequential, SplineCoupling, rational_quadratic
 from realnvp.bijectors.splines import spline_derivatives, spline_knots
 from realnvp.nets import MLP, ResNet
@@ -267,3 +268,16 @@ def test_coupling_net_of_the_wrong_width():
     layer = SplineCoupling(mask, MLP(2, 2 * 10, hidden=4), bins=4)
     with pytest.raises(ValueError, match=r"must emit 2 x 11 = 22 channels \(4 bins\), got 20"):
         layer(torch.randn(3, 4))
+
+
+def test_spline_couplings_support_memory_saving_backprop():
+    grads = []
+    for saving in (False, True):
+        torch.manual_seed(0)
+        model = perturb(NSFCoupling(3, num_layers=3, hidden=8, bins=3, batch_norm=True, permutation="random"))
+        model.double().memory_saving_(saving)
+        x = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        (-model.log_prob(x).mean()).backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)
