@@ -51,6 +51,7 @@ class Config:
     l2: float = 5e-5
     grad_clip: float = 100.0
     warmup_steps: int = 0
+    lr_schedule: str = "constant"
     ema_decay: float = 0.0
     precision: str = "fp32"
     # model selection: a fixed validation split carved out of the training split
@@ -117,6 +118,7 @@ HELP = {
           "the NLL in nats per example (the authors' cost)",
     "grad_clip": "global norm the gradient of that cost is clipped to",
     "warmup_steps": "steps of linear learning-rate warm-up (0: none)",
+    "lr_schedule": "constant, or cosine: half-cosine decay to 0 over the steps after the warm-up",
     "ema_decay": "decay of the moving average of the weights that is evaluated (0: none)",
     "precision": "fp32, or bf16 autocast of the s/t networks",
     "valid_size": "validation split carved from the training split: < 1 a fraction, >= 1 a "
@@ -145,7 +147,8 @@ def describe_keys() -> str:
                      for f in dataclasses.fields(Config))
 
 
-_CHOICES = {"coupling": ("affine", "additive"), "factor_out": ("checkerboard", "channels"), "precision": PRECISIONS, "device": DEVICES}
+_CHOICES = {"coupling": ("affine", "additive"), "factor_out": ("checkerboard", "channels"),
+            "lr_schedule": ("constant", "cosine"), "precision": PRECISIONS, "device": DEVICES}
 _FINITE_POSITIVE = (lambda v: 0 < v < math.inf, "a finite number > 0")
 _NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 #: Every range check but the positive integers': (key, test, what is expected).

@@ -125,6 +125,11 @@ class TrainingData:
             raise ConfigError(f"the training split has {len(self.train)} examples, fewer than one "
                               f"batch ({batch_size} x {world_size} processes)")
 
+    def steps_per_epoch(self, batch_size: int, dist: DistInfo) -> int:
+        """Full batches per process and epoch (the loaders drop the last, partial one)."""
+        per_process = len(self.train) // dist.world_size if dist.enabled else len(self.train)
+        return per_process // batch_size
+
     def loader(self, seed: int, batch_size: int, dist: DistInfo, num_workers: int = 0,
                skip_batches: int = 0) -> DataLoader:
         """One epoch's batches, shuffled by ``seed`` alone, from batch ``skip_batches`` on.

@@ -35,6 +35,7 @@ from .ema import EMA
 from .faults import Faults
 from .metrics import Metrics
 from .objectives import MaximumLikelihood, Objective, selection_score
+from .schedule import learning_rate
 from .state import State
 from .step import gradient_step
 
@@ -187,7 +188,8 @@ class Trainer:
     def step(self, ctx: Context, batch, bar) -> None:
         """One batch: a gradient step, or a skipped one (and a rollback after too many)."""
         cfg, state = ctx.cfg, ctx.state
-        lr = cfg.lr * state.lr_scale * min(1.0, (state.step + 1) / max(cfg.warmup_steps, 1))
+        total = cfg.epochs * ctx.data.steps_per_epoch(cfg.batch_size, ctx.dist)
+        lr = learning_rate(cfg, state.step, total) * state.lr_scale
         for group in ctx.optimizer.param_groups:
             group["lr"] = lr
         ctx.faults.before_step(ctx)
