@@ -82,7 +82,8 @@ class MADE(nn.Module):
         features: D, the number of autoregressive inputs.
         out_per_feature: P, the number of outputs per feature (2 for an affine transformer,
             ``3K − 1`` for a K-bin spline).
-        hidden: width of every hidden layer (at least ``D − 1`` for every input to be used).
+        hidden: width of every hidden layer (at least ``D − 1``, ``D`` with a context, for every
+            input to reach the outputs it may).
         num_layers: hidden layers (``residual=False``) or residual blocks after the first masked
             layer (``residual=True``, two masked layers each).
         residual: masked residual blocks (see :class:`_MaskedResidualBlock`).
