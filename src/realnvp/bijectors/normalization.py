@@ -168,7 +168,9 @@ class ActNorm(Bijector):
     """Glow's activation normalisation: ``y = (x + bias) ⊙ exp(log_scale)`` per channel.
 
     Data-dependent initialisation: the first forward call in training mode sets ``bias`` and
-    ``log_scale`` so that the batch has zero mean and unit variance per channel. Log-det
+    ``log_scale`` so that the batch has zero mean and unit variance per channel (the statistics
+    of the whole global batch under DistributedDataParallel, so that every process starts from
+    the same parameters). Log-det
     ``Σ_c log_scale_c · H·W``. The ``initialized`` flag is a buffer, so it travels in state dicts.
     """
 
@@ -184,7 +186,7 @@ class ActNorm(Bijector):
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
-        var, mean = torch.var_mean(x, dim=_reduce_dims(x), correction=0)
+        var, mean, _ = batch_var_mean(x, _reduce_dims(x))  # global under DDP: every rank agrees
         self.bias.copy_(-mean)
         self.log_scale.copy_(-0.5 * torch.log(var + self.eps))
         self.initialized.fill_(True)
