@@ -30,7 +30,8 @@ class Config:
     data_dir: str | None = None
     download: bool = False
     image_size: int | None = None
-    # model (image): paper's multi-scale RealNVP
+    # model: which flow, then its architecture (image keys, vector keys)
+    model: str = "realnvp"
     num_scales: int = 2
     hidden_channels: int = 32
     num_blocks: int = 2
@@ -38,10 +39,13 @@ class Config:
     batch_norm: bool = True
     logit_alpha: float = 0.05
     factor_out: str = "checkerboard"
+    steps_per_level: int = 32
     num_couplings: int = 8
     hidden: int = 128
     num_layers: int = 2
     weight_norm: bool = True
+    bins: int = 8
+    spline_bound: float = 5.0
     # optimisation (paper / authors' code)
     epochs: int = 15
     batch_size: int = 64
@@ -96,19 +100,25 @@ HELP = {
     "data_dir": "where the data set's files are (default $REALNVP_DATA_DIR/NAME or data/NAME)",
     "download": "download missing files (cifar10, mnist, fashion-mnist)",
     "image_size": "side of the square images of the folder data set",
-    "num_scales": "image model: scales of the multi-scale architecture",
-    "hidden_channels": "image model: channels of the residual s/t networks",
-    "num_blocks": "image model: residual blocks per s/t network",
-    "coupling": "affine (RealNVP) or additive (NICE) couplings",
+    "model": "the flow: realnvp (images and vectors), glow (images), maf, iaf, nsf-coupling, "
+             "nsf-autoregressive (vectors)",
+    "num_scales": "image models: scales of the multi-scale architecture (glow: levels)",
+    "hidden_channels": "image models: channels of the s/t networks (realnvp: at the first scale)",
+    "num_blocks": "realnvp image model: residual blocks per s/t network",
+    "coupling": "realnvp, glow: affine (RealNVP) or additive (NICE) couplings",
     "batch_norm": "batch normalisation as a bijector between couplings and in the s/t networks",
     "logit_alpha": "image model: the logit transform's margin α in logit(α + (1 − 2α)·y)",
     "factor_out": "image model: what leaves the flow after each scale but the last: checkerboard "
                   "(one colour of the squeezed tensor, the authors' code) or channels (the first "
                   "half of the channels)",
-    "num_couplings": "vector model: coupling layers",
-    "hidden": "vector model: width of the s/t MLPs",
-    "num_layers": "vector model: hidden layers of the s/t MLPs",
-    "weight_norm": "vector model: weight-normalised MLP layers (false: plain nn.Linear)",
+    "steps_per_level": "glow: steps (actnorm, 1x1 convolution, coupling) per level",
+    "num_couplings": "vector models: layers of the flow (couplings or autoregressive layers)",
+    "hidden": "vector models: width of the s/t MLPs and MADEs",
+    "num_layers": "vector models: hidden layers of the s/t MLPs and MADEs",
+    "weight_norm": "realnvp and nsf-coupling vector models: weight-normalised MLP layers (false: "
+                   "plain nn.Linear)",
+    "bins": "nsf models: bins of the rational-quadratic splines",
+    "spline_bound": "nsf models: the splines act on [-B, B] (identity outside)",
     "epochs": "passes over the training split",
     "batch_size": "examples per step and process",
     "lr": "Adam's learning rate",
@@ -147,13 +157,16 @@ def describe_keys() -> str:
                      for f in dataclasses.fields(Config))
 
 
-_CHOICES = {"coupling": ("affine", "additive"), "factor_out": ("checkerboard", "channels"),
-            "lr_schedule": ("constant", "cosine"), "precision": PRECISIONS, "device": DEVICES}
+MODELS = ("realnvp", "glow", "maf", "iaf", "nsf-coupling", "nsf-autoregressive")
+_CHOICES = {"model": MODELS, "coupling": ("affine", "additive"),
+            "factor_out": ("checkerboard", "channels"), "lr_schedule": ("constant", "cosine"),
+            "precision": PRECISIONS, "device": DEVICES}
 _FINITE_POSITIVE = (lambda v: 0 < v < math.inf, "a finite number > 0")
 _NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 #: Every range check but the positive integers': (key, test, what is expected).
 _RANGES = [
     ("lr", *_FINITE_POSITIVE), ("eps", *_FINITE_POSITIVE), ("grad_clip", *_FINITE_POSITIVE),
+    ("spline_bound", *_FINITE_POSITIVE),
     ("l2", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("sample_temperature", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -164,8 +177,9 @@ _RANGES = [
     ("num_workers", *_NON_NEGATIVE), ("threads", *_NON_NEGATIVE), ("patience", *_NON_NEGATIVE),
     ("eval_importance_samples", *_NON_NEGATIVE),
 ]
-_POSITIVE = ("num_scales", "hidden_channels", "num_blocks", "num_couplings", "hidden", "epochs",
-             "batch_size", "eval_batch_size", "eval_dequant_samples", "num_samples", "max_bad_steps")
+_POSITIVE = ("num_scales", "steps_per_level", "bins", "hidden_channels", "num_blocks",
+             "num_couplings", "hidden", "epochs", "batch_size", "eval_batch_size",
+             "eval_dequant_samples", "num_samples", "max_bad_steps")
 
 
 def _coerce(cfg: Config) -> Config:

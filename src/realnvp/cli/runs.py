@@ -194,7 +194,8 @@ def cmd_info(args) -> int:
     summary = {
         "run": str(path), "data": info.to_dict(), "parameters": n_params,
         "epochs_completed": state.get("epoch", 0), "epochs_planned": cfg.epochs,
-        "steps": state.get("step", 0), "best_test_bpd_during_training": best,
+        "steps": state.get("step", 0), "best_selection_score": best,
+        "selected_on": "valid" if cfg.valid_size else "test",
         "skipped_steps": state.get("skipped_steps", 0), "final_eval": result,
         "config": cfg.to_dict(),
     }
@@ -203,10 +204,11 @@ def cmd_info(args) -> int:
         return 0
     print(f"run          {path}")
     print(f"data         {info.name} {tuple(info.shape)}, K={info.num_levels}")
-    print(f"model        {'RealNVP' if info.kind == 'image' else 'VectorRealNVP'}, {n_params:,} parameters")
+    print(f"model        {cfg.model} ({type(model).__name__}), {n_params:,} parameters")
     print(f"epochs       {summary['epochs_completed']} of {cfg.epochs} ({summary['steps']} steps)")
-    best = summary["best_test_bpd_during_training"]
-    print(f"best bpd     {best:.4f}" if isinstance(best, float) else "best bpd     -")
+    best = summary["best_selection_score"]
+    print(f"best score   {best:.4f} ({summary['selected_on']})"
+          if isinstance(best, float) and math.isfinite(best) else "best score   -")
     if result:
         print_eval(result, prefix="final eval  ")
     if "error" in state:

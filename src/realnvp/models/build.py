@@ -4,23 +4,53 @@ from __future__ import annotations
 
 from ..config import Config, ConfigError
 from ..data import DataInfo
+from .autoregressive import IAF, MAF, NSFAutoregressive, NSFCoupling
 from .flow import Flow
+from .glow import Glow
 from .image import RealNVP
 from .vector import VectorRealNVP
 
+#: the models for each kind of data
+IMAGE_MODELS = ("realnvp", "glow")
+VECTOR_MODELS = ("realnvp", "maf", "iaf", "nsf-coupling", "nsf-autoregressive")
+_AUTOREGRESSIVE = {"maf": MAF, "iaf": IAF, "nsf-autoregressive": NSFAutoregressive}
 
-def build_model(cfg: Config, info: DataInfo) -> Flow:
-    """The multi-scale :class:`RealNVP` for images, :class:`VectorRealNVP` for vectors."""
-    try:
-        if info.kind == "image":
-            return RealNVP(
-                info.shape, num_scales=cfg.num_scales, hidden_channels=cfg.hidden_channels,
-                num_blocks=cfg.num_blocks, coupling=cfg.coupling, batch_norm=cfg.batch_norm,
-                logit_alpha=cfg.logit_alpha, factor_out=cfg.factor_out,
-            )
+
+def _image_model(cfg: Config, info: DataInfo) -> Flow:
+    if cfg.model == "glow":
+        return Glow(info.shape, num_levels=cfg.num_scales, steps_per_level=cfg.steps_per_level,
+                    hidden_channels=cfg.hidden_channels, coupling=cfg.coupling)
+    return RealNVP(
+        info.shape, num_scales=cfg.num_scales, hidden_channels=cfg.hidden_channels,
+        num_blocks=cfg.num_blocks, coupling=cfg.coupling, batch_norm=cfg.batch_norm,
+        logit_alpha=cfg.logit_alpha, factor_out=cfg.factor_out,
+    )
+
+
+def _vector_model(cfg: Config, info: DataInfo) -> Flow:
+    if cfg.model == "realnvp":
         return VectorRealNVP(
             info.dim, num_couplings=cfg.num_couplings, hidden=cfg.hidden, num_layers=cfg.num_layers,
             coupling=cfg.coupling, batch_norm=cfg.batch_norm, weight_norm=cfg.weight_norm,
         )
+    if cfg.model == "nsf-coupling":
+        return NSFCoupling(info.dim, num_layers=cfg.num_couplings, hidden=cfg.hidden,
+                           num_hidden_layers=cfg.num_layers, bins=cfg.bins, bound=cfg.spline_bound,
+                           batch_norm=cfg.batch_norm, weight_norm=cfg.weight_norm)
+    kwargs = dict(num_layers=cfg.num_couplings, hidden=cfg.hidden, num_hidden_layers=cfg.num_layers,
+                  bins=cfg.bins, bound=cfg.spline_bound, batch_norm=cfg.batch_norm)
+    return _AUTOREGRESSIVE[cfg.model](info.dim, **kwargs)
+
+
+def build_model(cfg: Config, info: DataInfo) -> Flow:
+    """``cfg.model`` for the data set's shape: for images the multi-scale :class:`RealNVP` or
+    :class:`Glow`; for vectors :class:`VectorRealNVP`, :class:`MAF`, :class:`IAF`,
+    :class:`NSFCoupling` or :class:`NSFAutoregressive`."""
+    allowed = IMAGE_MODELS if info.kind == "image" else VECTOR_MODELS
+    if cfg.model not in allowed:
+        raise ConfigError(f"model {cfg.model} is not available for {info.kind} data ({info.name}); "
+                          f"choose one of {', '.join(allowed)}")
+    try:
+        return (_image_model if info.kind == "image" else _vector_model)(cfg, info)
     except ValueError as e:
-        raise ConfigError(f"cannot build the model for {info.name} {info.shape}: {e}") from e
+        raise ConfigError(f"cannot build the {cfg.model} model for {info.name} {info.shape}: {e}") from e
