@@ -71,7 +71,7 @@ def test_bad_model_keys_are_refused(change, key):
 
 
 def test_cli_refuses_a_model_for_the_wrong_data_in_one_line(capsys, tmp_path):
-    code, _, err = cli(capsys, "train", "--data", "toy:moons", "--set", "model=glow",
+    code, _, err = cli(capsys, "train", "--data", "toy:moons", "--model", "glow",
                        "--out", tmp_path / "run", *COMMON)
     assert code == 2
     assert "model glow is not available for vector data" in one_line(err)

@@ -11,7 +11,7 @@ from pathlib import Path
 from .common import UsageError, positive_float, positive_int, print_eval, writable_dir
 
 TRAIN_FLAGS = {  # option -> (config key, type)
-    "--data": ("data", str), "--data-dir": ("data_dir", str), "--epochs": ("epochs", int),
+    "--data": ("data", str), "--model": ("model", str), "--data-dir": ("data_dir", str), "--epochs": ("epochs", int),
     "--batch-size": ("batch_size", int), "--lr": ("lr", float), "--device": ("device", str),
     "--seed": ("seed", int), "--precision": ("precision", str), "--ema-decay": ("ema_decay", float),
     "--warmup-steps": ("warmup_steps", int), "--image-size": ("image_size", int),
@@ -105,10 +105,10 @@ class _ListKeys(argparse.Action):
 
 
 def add_parser(sub) -> None:
-    from ..config import DEVICES, HELP
+    from ..config import DEVICES, HELP, MODELS
     from ..precision import PRECISIONS
 
-    choices = {"device": DEVICES, "precision": PRECISIONS}
+    choices = {"device": DEVICES, "precision": PRECISIONS, "model": MODELS}
     t = sub.add_parser("train", help="train a model (default: the embedded digits data set)")
     t.add_argument("--config", help="JSON configuration file, or the name of one in configs/")
     for flag, (key, typ) in TRAIN_FLAGS.items():
