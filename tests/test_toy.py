@@ -69,3 +69,20 @@ def test_test_split_is_what_the_entropies_describe():
     x = sample_toy("checkerboard", 5000, 0, "test")
     assert x.dtype == np.float32 and np.all(np.abs(x) < 4)
 
+
+
+def test_evaluation_reports_the_gap_to_the_entropy(capsys):
+    import torch
+
+    from realnvp.cli.common import print_eval
+    from realnvp.data import DataInfo
+    from realnvp.evaluate import summarize
+
+    bpd = torch.tensor([1.0, 2.0, 3.0])
+    toy = summarize(bpd, DataInfo("toy:moons", "vector", (2,), None))
+    assert toy["entropy_nats"] == ENTROPY_NATS["moons"]
+    assert toy["entropy_gap_nats"] == pytest.approx(toy["nll_nats"] - ENTROPY_NATS["moons"])
+    assert toy["nll_nats"] == pytest.approx(2 * math.log(2) * 2.0)  # nats lead: D·ln2·bpd
+    print_eval(toy, "toy:moons test")
+    assert f"gap to the generator's entropy {ENTROPY_NATS['moons']:.4f} nats" in capsys.readouterr().out
+    assert "entropy_nats" not in summarize(bpd, DataInfo("tabular", "vector", (2,), None))

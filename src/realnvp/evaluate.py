@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .bijectors import bits_per_dim
 from .data import DataInfo
+from .data.toy import toy_entropy
 from .inputs import model_input
 from .models import Flow
 from .precision import autocast
@@ -59,12 +60,16 @@ def _mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
 
 
 def summarize(bpd: torch.Tensor, info: DataInfo, iw_bpd: torch.Tensor | None = None) -> dict:
-    """Mean and standard error of per-example bits/dim (and nats for continuous data; and of the
-    importance-weighted bits/dim ``iw_bpd`` when given)."""
+    """Mean and standard error of per-example bits/dim (and nats for continuous data, with the
+    generator's entropy and the gap to it for the 2-D toys; and of the importance-weighted
+    bits/dim ``iw_bpd`` when given)."""
     mean, stderr = _mean_and_stderr(bpd)
     out = {"bits_per_dim": mean, "bits_per_dim_stderr": stderr, "num_examples": bpd.numel()}
     if info.num_levels is None:
         out["nll_nats"], out["nll_nats_stderr"] = _mean_and_stderr(nats_per_example(bpd, info.dim))
+        entropy = toy_entropy(info.name)
+        if entropy is not None:  # the floor of the NLL: how far the model is from the generator
+            out["entropy_nats"], out["entropy_gap_nats"] = entropy, out["nll_nats"] - entropy
     if iw_bpd is not None:
         out["importance_weighted_bpd"], out["importance_weighted_bpd_stderr"] = _mean_and_stderr(iw_bpd)
     return out

@@ -80,6 +80,9 @@ def print_eval(result: dict, prefix: str) -> None:
     if result.get("dequant_samples"):
         line += f" ({result['dequant_samples']} dequantization draws)"
     print(line)
+    if "entropy_gap_nats" in result:
+        print(f"  gap to the generator's entropy {result['entropy_nats']:.4f} nats: "
+              f"{result['entropy_gap_nats']:+.4f} nats")
     if result.get("importance_samples", 1) > 1:
         print(f"  importance-weighted over {result['importance_samples']} draws: "
               f"{result['importance_weighted_bpd']:.4f} ± {result['importance_weighted_bpd_stderr']:.4f}"

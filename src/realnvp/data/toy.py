@@ -152,6 +152,12 @@ within their standard errors (tests/test_toy.py checks checkerboard, 8gaussians 
 """
 
 
+def toy_entropy(data: str) -> float | None:
+    """The entropy in nats (:data:`ENTROPY_NATS`) of data set ``toy:NAME``; ``None`` for any other."""
+    prefix, _, name = data.partition(":")
+    return ENTROPY_NATS.get(name) if prefix == "toy" else None
+
+
 def sample_toy(name: str, n: int, seed: int, split: str) -> np.ndarray:
     """``n`` float32 samples ``(n, 2)`` of toy density ``name`` for ``split``."""
     entropy = [TRAIN_TAG, seed] if split == "train" else [TEST_TAG]
