@@ -11,7 +11,8 @@ from pathlib import Path
 from .common import UsageError, positive_float, positive_int, print_eval, writable_dir
 
 TRAIN_FLAGS = {  # option -> (config key, type)
-    "--data": ("data", str), "--model": ("model", str), "--data-dir": ("data_dir", str), "--epochs": ("epochs", int),
+    "--data": ("data", str), "--model": ("model", str), "--data-dir": ("data_dir", str),
+    "--epochs": ("epochs", int),
     "--batch-size": ("batch_size", int), "--lr": ("lr", float), "--device": ("device", str),
     "--seed": ("seed", int), "--precision": ("precision", str), "--ema-decay": ("ema_decay", float),
     "--warmup-steps": ("warmup_steps", int), "--image-size": ("image_size", int),
