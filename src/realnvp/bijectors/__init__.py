@@ -3,6 +3,7 @@
 
 from .autoregressive import MaskedAutoregressive
 from .base import Bijector, Inverse, Sequential, sum_except_batch, zero_log_det
+from .cnf import CNF, ODESolverError
 from .coupling import AdditiveCoupling, AffineCoupling, HalfCouplings
 from .glow import (
     GlowAdditiveCoupling,
@@ -27,6 +28,7 @@ __all__ = [
     "AffineCoupling",
     "BatchNorm",
     "Bijector",
+    "CNF",
     "ChannelPermutation",
     "Checkerboard",
     "Dequantize",
@@ -42,6 +44,7 @@ __all__ = [
     "MaskedAutoregressive",
     "Mask",
     "MultiScale",
+    "ODESolverError",
     "Sequential",
     "SplineCoupling",
     "Shift",
