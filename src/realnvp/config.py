@@ -46,6 +46,14 @@ class Config:
     weight_norm: bool = True
     bins: int = 8
     spline_bound: float = 5.0
+    ode_solver: str = "dopri5"
+    ode_rtol: float = 1e-5
+    ode_atol: float = 1e-5
+    ode_adjoint: bool = False
+    trace_estimator: str = "auto"
+    kinetic_energy: float = 0.0
+    jacobian_norm: float = 0.0
+    max_nfe: int = 10000
     # optimisation (paper / authors' code)
     epochs: int = 15
     batch_size: int = 64
@@ -101,10 +109,11 @@ HELP = {
     "download": "download missing files (cifar10, mnist, fashion-mnist)",
     "image_size": "side of the square images of the folder data set",
     "model": "the flow: realnvp (images and vectors), glow (images), maf, iaf, nsf-coupling, "
-             "nsf-autoregressive (vectors)",
+             "nsf-autoregressive (vectors), ffjord (images and vectors)",
     "num_scales": "image models: scales of the multi-scale architecture (glow: levels)",
     "hidden_channels": "image models: channels of the s/t networks (realnvp: at the first scale)",
-    "num_blocks": "realnvp image model: residual blocks per s/t network",
+    "num_blocks": "realnvp image model: residual blocks per s/t network; ffjord: CNFs per scale "
+                  "(vectors: in all)",
     "coupling": "realnvp, glow: affine (RealNVP) or additive (NICE) couplings",
     "batch_norm": "batch normalisation as a bijector between couplings and in the s/t networks",
     "logit_alpha": "image model: the logit transform's margin α in logit(α + (1 − 2α)·y)",
@@ -119,6 +128,15 @@ HELP = {
                    "plain nn.Linear)",
     "bins": "nsf models: bins of the rational-quadratic splines",
     "spline_bound": "nsf models: the splines act on [-B, B] (identity outside)",
+    "ode_solver": "ffjord: torchdiffeq's solver (dopri5, the reference code's; fixed-grid ones step 0.05)",
+    "ode_rtol": "ffjord: the solver's relative tolerance (the reference code's 1e-5)",
+    "ode_atol": "ffjord: the solver's absolute tolerance (the reference code's 1e-5)",
+    "ode_adjoint": "ffjord: back-propagate with the adjoint method (constant memory, slower)",
+    "trace_estimator": "ffjord: exact, hutchinson (Rademacher noise) or auto (exact for D <= 8, "
+                       "and in evaluation for D <= 32)",
+    "kinetic_energy": "ffjord: weight of RNODE's kinetic energy ∫‖f‖² dt in the loss (0: off)",
+    "jacobian_norm": "ffjord: weight of RNODE's Jacobian Frobenius norm ∫‖εᵀ∂f/∂z‖² dt (0: off)",
+    "max_nfe": "ffjord: function evaluations one ODE solve may take before it stops with an error",
     "epochs": "passes over the training split",
     "batch_size": "examples per step and process",
     "lr": "Adam's learning rate",
@@ -157,16 +175,22 @@ def describe_keys() -> str:
                      for f in dataclasses.fields(Config))
 
 
-MODELS = ("realnvp", "glow", "maf", "iaf", "nsf-coupling", "nsf-autoregressive")
+MODELS = ("realnvp", "glow", "maf", "iaf", "nsf-coupling", "nsf-autoregressive", "ffjord")
+ODE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint", "rk4",
+               "explicit_adams", "implicit_adams")
 _CHOICES = {"model": MODELS, "coupling": ("affine", "additive"),
             "factor_out": ("checkerboard", "channels"), "lr_schedule": ("constant", "cosine"),
-            "precision": PRECISIONS, "device": DEVICES}
+            "precision": PRECISIONS, "device": DEVICES, "ode_solver": ODE_SOLVERS,
+            "trace_estimator": ("auto", "exact", "hutchinson")}
 _FINITE_POSITIVE = (lambda v: 0 < v < math.inf, "a finite number > 0")
 _NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 #: Every range check but the positive integers': (key, test, what is expected).
 _RANGES = [
     ("lr", *_FINITE_POSITIVE), ("eps", *_FINITE_POSITIVE), ("grad_clip", *_FINITE_POSITIVE),
     ("spline_bound", *_FINITE_POSITIVE),
+    ("ode_rtol", *_FINITE_POSITIVE), ("ode_atol", *_FINITE_POSITIVE),
+    ("kinetic_energy", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    ("jacobian_norm", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("l2", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("sample_temperature", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -179,7 +203,7 @@ _RANGES = [
 ]
 _POSITIVE = ("num_scales", "steps_per_level", "bins", "hidden_channels", "num_blocks",
              "num_couplings", "hidden", "epochs", "batch_size", "eval_batch_size",
-             "eval_dequant_samples", "num_samples", "max_bad_steps")
+             "eval_dequant_samples", "num_samples", "max_bad_steps", "max_nfe")
 
 
 def _coerce(cfg: Config) -> Config:

@@ -25,6 +25,7 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..bijectors import ODESolverError
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
     from ..data import DataError
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}" if not str(e).startswith("realnvp") else f"{e}", file=sys.stderr)
         return EXIT_USAGE
-    except TrainingError as e:
+    except (TrainingError, ODESolverError) as e:  # a CNF's solve that its guard stopped
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -5,18 +5,30 @@ from __future__ import annotations
 from ..config import Config, ConfigError
 from ..data import DataInfo
 from .autoregressive import IAF, MAF, NSFAutoregressive, NSFCoupling
+from .ffjord import FFJORD, FFJORDImage
 from .flow import Flow
 from .glow import Glow
 from .image import RealNVP
 from .vector import VectorRealNVP
 
 #: the models for each kind of data
-IMAGE_MODELS = ("realnvp", "glow")
-VECTOR_MODELS = ("realnvp", "maf", "iaf", "nsf-coupling", "nsf-autoregressive")
+IMAGE_MODELS = ("realnvp", "glow", "ffjord")
+VECTOR_MODELS = ("realnvp", "maf", "iaf", "nsf-coupling", "nsf-autoregressive", "ffjord")
 _AUTOREGRESSIVE = {"maf": MAF, "iaf": IAF, "nsf-autoregressive": NSFAutoregressive}
 
 
+def _ode_options(cfg: Config) -> dict:
+    """The CNF options of the ffjord models."""
+    return dict(solver=cfg.ode_solver, rtol=cfg.ode_rtol, atol=cfg.ode_atol, adjoint=cfg.ode_adjoint,
+                kinetic_energy=cfg.kinetic_energy, jacobian_norm=cfg.jacobian_norm, max_nfe=cfg.max_nfe)
+
+
 def _image_model(cfg: Config, info: DataInfo) -> Flow:
+    if cfg.model == "ffjord":
+        trace = "hutchinson" if cfg.trace_estimator == "auto" else cfg.trace_estimator
+        return FFJORDImage(info.shape, num_scales=cfg.num_scales, num_blocks=cfg.num_blocks,
+                           hidden_channels=cfg.hidden_channels, num_hidden_layers=cfg.num_layers,
+                           logit_alpha=cfg.logit_alpha, trace=trace, **_ode_options(cfg))
     if cfg.model == "glow":
         return Glow(info.shape, num_levels=cfg.num_scales, steps_per_level=cfg.steps_per_level,
                     hidden_channels=cfg.hidden_channels, coupling=cfg.coupling)
@@ -28,6 +40,9 @@ def _image_model(cfg: Config, info: DataInfo) -> Flow:
 
 
 def _vector_model(cfg: Config, info: DataInfo) -> Flow:
+    if cfg.model == "ffjord":
+        return FFJORD(info.dim, hidden=cfg.hidden, num_hidden_layers=cfg.num_layers,
+                      num_blocks=cfg.num_blocks, trace=cfg.trace_estimator, **_ode_options(cfg))
     if cfg.model == "realnvp":
         return VectorRealNVP(
             info.dim, num_couplings=cfg.num_couplings, hidden=cfg.hidden, num_layers=cfg.num_layers,
@@ -45,7 +60,8 @@ def _vector_model(cfg: Config, info: DataInfo) -> Flow:
 def build_model(cfg: Config, info: DataInfo) -> Flow:
     """``cfg.model`` for the data set's shape: for images the multi-scale :class:`RealNVP` or
     :class:`Glow`; for vectors :class:`VectorRealNVP`, :class:`MAF`, :class:`IAF`,
-    :class:`NSFCoupling` or :class:`NSFAutoregressive`."""
+    :class:`NSFCoupling` or :class:`NSFAutoregressive`; :class:`FFJORD` / :class:`FFJORDImage` for
+    ``ffjord``."""
     allowed = IMAGE_MODELS if info.kind == "image" else VECTOR_MODELS
     if cfg.model not in allowed:
         raise ConfigError(f"model {cfg.model} is not available for {info.kind} data ({info.name}); "

@@ -95,7 +95,10 @@ class MaximumLikelihood(Objective):
         bpd = bits_per_dim(log_p, info.dim, info.num_levels).mean()
         nll = nats_per_example(bpd, info.dim)  # = mean(−log p(y)) + D ln K: a constant apart
         l2 = sum(p.pow(2).sum() for p in self.reg_params) if cfg.l2 else 0.0
-        return nll + cfg.l2 * l2, bpd.detach()
+        # a model with regularisers of its own that its forward pass computes (FFJORD's RNODE
+        # terms) says so with regularization_loss(); they join the cost, not the reported value
+        extra = getattr(ctx.model, "regularization_loss", None)
+        return nll + cfg.l2 * l2 + (extra() if extra is not None else 0.0), bpd.detach()
 
     def evaluate(self, ctx, model: Flow, dataset, final: bool, progress: bool = False) -> dict:
         cfg, data = ctx.cfg, ctx.data

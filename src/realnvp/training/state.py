@@ -26,6 +26,7 @@ class State:
     epoch_count: int = 0  # ... and their number
     bad_in_row: int = 0  # non-finite steps since the last good one
     seconds: float = 0.0  # time the current epoch has taken before the cut
+    epoch_nfe: float = 0.0  # ODE function evaluations of its steps (models that report ``nfe``)
 
     @classmethod
     def from_dict(cls, d: dict) -> State:
@@ -44,4 +45,4 @@ class State:
         """Mark ``epoch`` complete: the within-epoch fields go back to zero."""
         self.epoch = epoch
         self.batches_done = self.epoch_count = self.bad_in_row = 0
-        self.epoch_total = self.seconds = 0.0
+        self.epoch_total = self.seconds = self.epoch_nfe = 0.0

@@ -121,6 +121,11 @@ class Trainer:
         ctx.net = distributed.wrap(model, dist)
         sel, m = data.selection_name, objective.metric
         self.columns = ["epoch", "step", f"train_{m}", f"{sel}_{m}", "lr", "skipped_steps", "seconds"]
+        # models solved by an ODE solver (FFJORD) report their function evaluations: the mean
+        # per training step goes to its own column
+        self.reports_nfe = hasattr(model, "nfe")
+        if self.reports_nfe:
+            self.columns.append("nfe")
         self.metrics = Metrics(self.run_dir, self.columns, ctx.state.epoch, enabled=main,
                                plotted=(self.columns[2], self.columns[3], "lr"))
         say(f"{data.info.name}: {len(data.train)} train / {len(data.selection)} {sel}, shape "
@@ -208,7 +213,11 @@ class Trainer:
         state.bad_in_row = 0
         state.epoch_total += distributed.average(value, ctx.dist)
         state.epoch_count += 1
-        bar.set_postfix({ctx.objective.metric: f"{value.item():.3f}"})
+        postfix = {ctx.objective.metric: f"{value.item():.3f}"}
+        if self.reports_nfe:
+            state.epoch_nfe += ctx.model.nfe
+            postfix["nfe"] = ctx.model.nfe
+        bar.set_postfix(postfix)
 
     def roll_back(self, ctx: Context) -> None:
         """Back to the last checkpoint with half the learning rate; the epoch goes on from the
@@ -243,12 +252,13 @@ class Trainer:
             ctx.ema.calibrate(objective.calibration_inputs(ctx))
         result = objective.evaluate(ctx, ctx.eval_model, ctx.data.selection, final=False) \
             if ctx.main else {}
-        total, count = state.epoch_total, state.epoch_count
+        total, count, nfe = state.epoch_total, state.epoch_count, state.epoch_nfe
         state.end_epoch(epoch)
         score = selection_score(objective, result)
         row = dict(zip(self.columns, [
             epoch, state.step, f"{total / max(count, 1):.6f}" if count else "nan", f"{score:.6f}",
-            f"{ctx.optimizer.param_groups[0]['lr']:.6g}", state.skipped_steps, f"{seconds:.2f}"],
+            f"{ctx.optimizer.param_groups[0]['lr']:.6g}", state.skipped_steps, f"{seconds:.2f}"]
+            + ([f"{nfe / max(count, 1):.1f}"] if self.reports_nfe else []),
             strict=True))
         improved = ctx.main and score < state.best_score
         if improved:
