@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..nets.context import ContextSlot
 from ..nets.made import MADE
 from .base import Bijector, sum_except_batch
 from .splines import rational_quadratic
@@ -73,6 +74,7 @@ class MaskedAutoregressive(Bijector):
         bound: float = 5.0,
         min_bin: float = 1e-3,
         min_derivative: float = 1e-3,
+        context: ContextSlot | None = None,
     ):
         super().__init__()
         if transformer not in TRANSFORMERS:
@@ -85,8 +87,10 @@ class MaskedAutoregressive(Bijector):
         self.bins, self.bound = int(bins), float(bound)
         self.min_bin, self.min_derivative = float(min_bin), float(min_derivative)
         per_feature = 2 if transformer == "affine" else 3 * self.bins - 1
+        self.context = context
         self.made = MADE(features, per_feature, hidden=hidden, num_layers=num_layers,
-                         residual=residual, order=order)
+                         residual=residual, order=order,
+                         context_features=context.features if context is not None else 0)
         if transformer == "affine":
             self.rescale = nn.Parameter(torch.ones(features))
 
@@ -102,7 +106,7 @@ class MaskedAutoregressive(Bijector):
 
     def _params(self, v: Tensor) -> Tensor:
         """``(B, D, P)`` transformer parameters from the MADE, in ``v``'s dtype."""
-        h = self.made(v)
+        h = self.made(v, None if self.context is None else self.context.read())
         return h if h.dtype == v.dtype else h.to(v.dtype)
 
     def _tau(self, v: Tensor, h: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:

@@ -24,6 +24,7 @@ from ..bijectors import BatchNorm, Bijector, ChannelPermutation, Halves, Sequent
 from ..bijectors.autoregressive import DIRECTIONS, TRANSFORMERS, MaskedAutoregressive
 from ..bijectors.splines import SplineCoupling
 from ..nets import MLP
+from ..nets.context import Conditioned, ContextSlot
 from .flow import Flow
 
 PERMUTATIONS = ("reverse", "random")
@@ -86,23 +87,26 @@ class _AutoregressiveFlow(Flow):
         permutation: str = "reverse",
         seed: int = 0,
         validate_args: bool = True,
+        context_features: int = 0,
     ):
         _check_dims(dim, num_layers)
         if transformer not in TRANSFORMERS:
             raise ValueError(f"transformer must be one of {TRANSFORMERS}, got {transformer!r}")
         assert self.direction in DIRECTIONS
+        slot = ContextSlot(context_features) if context_features else None
         layers: list[Bijector] = [
             MaskedAutoregressive(dim, transformer, self.direction, hidden=hidden,
                                  num_layers=num_hidden_layers, residual=residual, order=order,
-                                 bins=bins, bound=bound)
+                                 bins=bins, bound=bound, context=slot)
             for order in layer_orders(dim, num_layers, permutation, seed)
         ]
         super().__init__(_with_batch_norms(layers, dim, batch_norm, bn_momentum), event_shape=(dim,),
-                         validate_args=validate_args)
+                         validate_args=validate_args, context=slot)
         self.config = dict(
             dim=dim, num_layers=num_layers, hidden=hidden, num_hidden_layers=num_hidden_layers,
             residual=residual, transformer=transformer, bins=bins, bound=bound, batch_norm=batch_norm,
             bn_momentum=bn_momentum, permutation=permutation, seed=seed,
+            context_features=context_features,
         )
 
 
@@ -160,9 +164,10 @@ class NSFAutoregressive(_AutoregressiveFlow):
         permutation: str = "reverse",
         seed: int = 0,
         validate_args: bool = True,
+        context_features: int = 0,
     ):
         super().__init__(dim, num_layers, hidden, num_hidden_layers, residual, "spline", bins, bound,
-                         batch_norm, bn_momentum, permutation, seed, validate_args)
+                         batch_norm, bn_momentum, permutation, seed, validate_args, context_features)
         del self.config["transformer"]
 
 
@@ -192,27 +197,32 @@ class NSFCoupling(Flow):
         seed: int = 0,
         weight_norm: bool = False,
         validate_args: bool = True,
+        context_features: int = 0,
     ):
         _check_dims(dim, num_layers, least=2)
         if permutation not in (None, "random"):
             raise ValueError(f"permutation must be None or 'random', got {permutation!r}")
         g = torch.Generator().manual_seed(seed)
+        slot = ContextSlot(context_features) if context_features else None
         layers: list[Bijector] = []
         for i in range(num_layers):
             if permutation == "random" and i:
                 layers.append(StoredPermutation(torch.randperm(dim, generator=g).tolist()))
             mask = Halves(dim, flip=bool(i % 2))
-            net = MLP(mask.in_features, mask.out_features * (3 * bins - 1), hidden=hidden,
-                      num_layers=num_hidden_layers, weight_norm=weight_norm)
+            net = MLP(mask.in_features + context_features, mask.out_features * (3 * bins - 1),
+                      hidden=hidden, num_layers=num_hidden_layers, weight_norm=weight_norm)
+            if slot is not None:
+                net = Conditioned(net, slot)
             layers.append(SplineCoupling(mask, net, bins=bins, bound=bound))
         chain: list[Bijector] = []
         for layer in layers:
             if batch_norm and isinstance(layer, SplineCoupling) and chain:
                 chain.append(BatchNorm(dim, momentum=bn_momentum))
             chain.append(layer)
-        super().__init__(Sequential(*chain), event_shape=(dim,), validate_args=validate_args)
+        super().__init__(Sequential(*chain), event_shape=(dim,), validate_args=validate_args,
+                         context=slot)
         self.config = dict(
             dim=dim, num_layers=num_layers, hidden=hidden, num_hidden_layers=num_hidden_layers, bins=bins,
             bound=bound, batch_norm=batch_norm, bn_momentum=bn_momentum, permutation=permutation, seed=seed,
-            weight_norm=weight_norm,
+            weight_norm=weight_norm, context_features=context_features,
         )

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..bijectors import Bijector, Sequential
 from ..nets import weight_norm_magnitudes
+from ..nets.context import ContextSlot
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -34,6 +35,10 @@ class Flow(nn.Module):
         support: ``(low, high)`` bounds the data must lie in (inclusive), or ``None``.
         validate_args: check shapes, finiteness and support of inputs (a ``ValueError`` naming
             the problem instead of NaNs or a deep traceback). One extra reduction per call.
+        context: for a conditional flow ``p(x | c)``, the :class:`~realnvp.nets.context.ContextSlot`
+            its networks read (see :mod:`realnvp.nets.context`); every method then takes a
+            ``(B, k)`` ``context`` (``sample``: ``(n, k)`` or one ``(k,)`` for all ``n``), and
+            refuses a call without one. ``None``: unconditional, and a context is refused.
     """
 
     def __init__(
@@ -42,12 +47,41 @@ class Flow(nn.Module):
         event_shape: tuple[int, ...],
         support: tuple[float, float] | None = None,
         validate_args: bool = True,
+        context: ContextSlot | None = None,
     ):
         super().__init__()
+        self.context_slot = context
         self.bijector = bijector
         self.event_shape = tuple(event_shape)
         self.support = support
         self.validate_args = validate_args
+
+    @property
+    def context_features(self) -> int:
+        """k, the features of the context of a conditional flow; 0 for an unconditional one."""
+        return self.context_slot.features if self.context_slot is not None else 0
+
+    def _condition(self, context: Tensor | None, batch: int, expand: bool = False) -> None:
+        """Check ``context`` against the model and the batch and put it in the slot."""
+        k = self.context_features
+        if context is None:
+            if k:
+                raise ValueError(f"this flow is conditional: pass a context of shape (B, {k})")
+            return
+        if not k:
+            raise ValueError("this flow is unconditional: it takes no context")
+        if not isinstance(context, Tensor) or not context.is_floating_point():
+            raise ValueError("the context must be a floating-point torch.Tensor (labels: one_hot)")
+        if expand and context.dim() == 1 and context.shape[0] == k:
+            context = context.expand(batch, k)
+        if context.dim() != 2 or context.shape != (batch, k):
+            raise ValueError(f"expected a context of shape ({batch}, {k}), got {tuple(context.shape)}")
+        device, dtype = self._reference()
+        if device is not None and context.device != device:
+            raise ValueError(f"context is on {context.device} but the model is on {device}")
+        if self.validate_args and not bool(torch.isfinite(context).all()):
+            raise ValueError("context contains NaN or infinite values")
+        self.context_slot.value = context if dtype is None else context.to(dtype)
 
     @property
     def num_dims(self) -> int:
@@ -92,36 +126,43 @@ class Flow(nn.Module):
                     f"to [0, 1]); got values in [{lo:.4g}, {hi:.4g}]"
                 )
 
-    def forward_with_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward_with_log_det(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(B, *event_shape) -> ((B, D) latent, (B,) log|det dz/dx|)``."""
         self._validate(x)
+        self._condition(context, x.shape[0])
         return self.bijector(x)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Same as :meth:`log_prob` (so wrappers such as DistributedDataParallel can call it)."""
-        return self.log_prob(x)
+        return self.log_prob(x, context)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """``log p(x)`` in nats, shape ``(B,)``: prior log-density of the latent plus log-det."""
-        z, log_det = self.forward_with_log_det(x)
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """``log p(x)`` (``log p(x | context)``) in nats, shape ``(B,)``: prior log-density of
+        the latent plus log-det."""
+        z, log_det = self.forward_with_log_det(x, context)
         return standard_normal_log_prob(z) + log_det
 
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Data ``(B, *event_shape)`` to latent ``(B, D)``; the exact inverse of :meth:`decode`
         in eval mode."""
-        return self.forward_with_log_det(x)[0]
+        return self.forward_with_log_det(x, context)[0]
 
-    def decode(self, z: Tensor) -> Tensor:
-        """Latent ``(B, D)`` to data ``(B, *event_shape)``."""
+    def _check_latent(self, z: Tensor) -> None:
         if not isinstance(z, Tensor):
             raise ValueError(f"expected a torch.Tensor latent, got {type(z).__name__}")
         if z.dim() != 2 or z.shape[1] != self.num_dims:
             raise ValueError(f"expected a latent of shape (B, {self.num_dims}), got {tuple(z.shape)}")
         if self.validate_args and not bool(torch.isfinite(z).all()):
             raise ValueError("latent contains NaN or infinite values")
+
+    def decode(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """Latent ``(B, D)`` to data ``(B, *event_shape)``."""
+        self._check_latent(z)
+        self._condition(context, z.shape[0], expand=True)
         return self.bijector.invert(z)
 
-    def rsample(self, n: int, temperature: float = 1.0, generator=None) -> Tensor:
+    def rsample(self, n: int, temperature: float = 1.0, generator=None,
+                context: Tensor | None = None) -> Tensor:
         """``n`` reparametrised samples ``(n, *event_shape)``; ``z ~ N(0, temperature² I)``.
 
         Uses the module's current mode; see :meth:`sample` for the usual entry point.
@@ -132,10 +173,10 @@ class Flow(nn.Module):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         device, dtype = self._reference()
         z = torch.randn(n, self.num_dims, device=device, dtype=dtype, generator=generator)
-        return self.decode(z if temperature == 1.0 else z * temperature)
+        return self.decode(z if temperature == 1.0 else z * temperature, context)
 
-    def rsample_and_log_prob(self, n: int, temperature: float = 1.0,
-                             generator=None) -> tuple[Tensor, Tensor]:
+    def rsample_and_log_prob(self, n: int, temperature: float = 1.0, generator=None,
+                             context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``n`` reparametrised samples ``(n, *event_shape)`` and the model's ``(n,)``
         log-density at them, in nats, from one pass through the sampling direction:
         ``z ~ N(0, temperature² I)``, ``x, ld = bijector.inverse(z)``,
@@ -156,11 +197,13 @@ class Flow(nn.Module):
         z = torch.randn(n, self.num_dims, device=device, dtype=dtype, generator=generator)
         if temperature != 1.0:
             z = z * temperature
+        self._condition(context, n, expand=True)
         x, log_det = self.bijector.inverse(z)
         return x, standard_normal_log_prob(z) - log_det
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, generator=None) -> Tensor:
+    def sample(self, n: int, temperature: float = 1.0, generator=None,
+               context: Tensor | None = None) -> Tensor:
         """``n`` samples ``(n, *event_shape)`` at the given temperature (which multiplies the
         prior's standard deviation). Always runs in eval mode (running batch-norm averages), so
         samples never depend on the last training batch; the previous mode is restored."""
@@ -171,7 +214,7 @@ class Flow(nn.Module):
         for m in training:
             object.__setattr__(m, "training", False)
         try:
-            return self.rsample(n, temperature, generator)
+            return self.rsample(n, temperature, generator, context)
         finally:
             for m in training:
                 object.__setattr__(m, "training", True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..bijectors import (
     AdditiveCoupling,
     AffineCoupling,
@@ -18,6 +20,7 @@ from ..bijectors import (
     checkerboard_colour_order,
 )
 from ..nets import ResNet
+from ..nets.context import ContextSlot
 from .flow import Flow
 
 COUPLINGS = {"affine": AffineCoupling, "additive": AdditiveCoupling}
@@ -59,6 +62,10 @@ class RealNVP(Flow):
     num_blocks=8)``; its 32×32 ImageNet and 64×64 models use 4 blocks with 32 maps (64×64: 2
     blocks) and as many scales as it takes to reach 4×4.
 
+    ``context_features=k > 0``: the conditional flow ``p(x | c)`` (class-conditional with a
+    one-hot label, :func:`realnvp.nets.context.one_hot`): the ``(B, k)`` context reaches every
+    s/t network as ``k`` constant input channels.
+
     ``memory_saving=True`` trains with memory-saving backpropagation through the exact inverse
     (see :meth:`~realnvp.Flow.memory_saving_`); it is a training mode, not part of the model.
     """
@@ -76,6 +83,7 @@ class RealNVP(Flow):
         validate_args: bool = True,
         memory_saving: bool = False,
         factor_out: str = "checkerboard",
+        context_features: int = 0,
     ):
         _, h, w = in_shape
         if factor_out not in FACTOR_OUTS:
@@ -90,20 +98,27 @@ class RealNVP(Flow):
                 f"input {h}x{w} cannot be squeezed {num_scales - 1} times "
                 f"(H and W must be divisible by {f} and leave at least 2x2 at the last scale)"
             )
+        slot = ContextSlot(context_features) if context_features else None
         stages = _stages(in_shape, num_scales, hidden_channels, num_blocks, coupling, batch_norm,
-                         bn_momentum, factor_out)
+                         bn_momentum, factor_out, slot)
+        if slot is not None:  # MultiScale probes each stage's output shape with one example
+            slot.value = torch.zeros(1, context_features)
         body = MultiScale(stages, in_shape)
+        if slot is not None:
+            slot.value = None
         bijector = body if logit_alpha is None else Sequential(Logit(logit_alpha), body)
         super().__init__(
             bijector,
             event_shape=in_shape,
             support=None if logit_alpha is None else _logit_domain(logit_alpha),
             validate_args=validate_args,
+            context=slot,
         )
         self.config = dict(
             in_shape=tuple(in_shape), num_scales=num_scales, hidden_channels=hidden_channels,
             num_blocks=num_blocks, coupling=coupling, batch_norm=batch_norm,
             logit_alpha=logit_alpha, bn_momentum=bn_momentum, factor_out=factor_out,
+            context_features=context_features,
         )
         if memory_saving:
             self.memory_saving_(True)
@@ -111,7 +126,7 @@ class RealNVP(Flow):
 
 def _stages(in_shape: tuple[int, int, int], num_scales: int, hidden_channels: int, num_blocks: int,
             coupling: str, batch_norm: bool, bn_momentum: float,
-            factor_out: str = "checkerboard") -> list[Bijector]:
+            factor_out: str = "checkerboard", context: ContextSlot | None = None) -> list[Bijector]:
     """One :class:`Sequential` per scale (see :class:`RealNVP`), built layer by layer in order
     (the order in which the initial weights are drawn). Stage k acts on ``(C_k, H_k, W_k)``:
     ``(C_0, H_0, W_0) = in_shape``; a squeeze makes it ``(4C, H/2, W/2)`` and the s/t networks
@@ -119,7 +134,7 @@ def _stages(in_shape: tuple[int, int, int], num_scales: int, hidden_channels: in
     factored colour first, and the factor-out halves the channels."""
     def layer(mask: Mask, channels: int, hidden: int) -> list[Bijector]:
         """A coupling on ``channels`` channels, then (optionally) batch norm on its output."""
-        layers = [_coupling(coupling, mask, hidden, num_blocks, batch_norm)]
+        layers = [_coupling(coupling, mask, hidden, num_blocks, batch_norm, context)]
         if batch_norm:
             layers.append(BatchNorm(channels, momentum=bn_momentum))
         return layers
@@ -143,7 +158,8 @@ def _stages(in_shape: tuple[int, int, int], num_scales: int, hidden_channels: in
     return stages
 
 
-def _coupling(kind: str, mask: Mask, hidden: int, num_blocks: int, batch_norm: bool) -> Bijector:
+def _coupling(kind: str, mask: Mask, hidden: int, num_blocks: int, batch_norm: bool,
+              context: ContextSlot | None = None) -> Bijector:
     """One coupling with its s/t ResNet, set up as in the authors' code: a checkerboard
     coupling's network sees ``2·bn(b⊙x)`` and the mask ``b`` as an extra channel, and its scalar
     ``rescale`` starts at 0 and is L2-penalised (``rescaling_scale``); a channel-wise coupling's
@@ -153,7 +169,7 @@ def _coupling(kind: str, mask: Mask, hidden: int, num_blocks: int, batch_norm: b
     out = mask.out_features * (2 if affine else 1)
     net = ResNet(mask.in_features, out, hidden=hidden, num_blocks=num_blocks,
                  out_bias=affine or not batch_norm, mask=mask.b if checker else None,
-                 in_gain=2.0 if checker else 1.0)
+                 in_gain=2.0 if checker else 1.0, context=context)
     if not affine:
         return COUPLINGS[kind](mask, net)
     return AffineCoupling(mask, net, rescale_init=0.0 if checker else 1.0, penalize_rescale=checker)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .context import ContextSlot
 from .evalcache import cached, forget
 from .norm import BatchNorm2d
 from .weightnorm import WNConv2d
@@ -82,7 +83,9 @@ class ResNet(nn.Module):
 
     ``mask``: a ``(1, 1, H, W)`` tensor appended to the input as one more channel (after the
     concat-ReLU; a 0/1 mask passes a ReLU unchanged), or ``None``. ``in_gain`` multiplies the
-    batch-normalised input."""
+    batch-normalised input. ``context``: the slot of a conditional flow (see
+    :mod:`realnvp.nets.context`), whose ``(B, k)`` context joins the first convolution's input
+    as ``k`` constant channels (after the concat-ReLU, so a signed context passes unchanged)."""
 
     def __init__(
         self,
@@ -94,13 +97,15 @@ class ResNet(nn.Module):
         out_bias: bool = True,
         mask: Tensor | None = None,
         in_gain: float = 1.0,
+        context: ContextSlot | None = None,
     ):
         super().__init__()
+        self.context = context
         if mask is not None and (mask.dim() != 4 or mask.shape[:2] != (1, 1)):
             raise ValueError(f"mask must have shape (1, 1, H, W), got {tuple(mask.shape)}")
         self.in_gain = float(in_gain)
         self.register_buffer("mask", None if mask is None else mask.detach().clone(), persistent=False)
-        extra = 0 if mask is None else 1
+        extra = (0 if mask is None else 1) + (0 if context is None else context.features)
         self.in_norm = BatchNorm2d(in_channels, gain=False)
         self.in_conv = WNConv2d(2 * in_channels + extra, hidden, 3, padding=1, scale=False)
         self.in_skip = WNConv2d(hidden, hidden, 1)
@@ -123,7 +128,11 @@ class ResNet(nn.Module):
         parts = [x, -x]
         if self.mask is not None:
             parts.append(self.mask.to(x.dtype).expand(x.shape[0], 1, *x.shape[2:]))
-        return torch.relu_(torch.cat(parts, dim=1))
+        lifted = torch.relu_(torch.cat(parts, dim=1))
+        if self.context is None:
+            return lifted
+        c = self.context.read().to(x.dtype)
+        return torch.cat((lifted, c[:, :, None, None].expand(-1, -1, *x.shape[2:])), dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.in_conv(self._lift_input(x))

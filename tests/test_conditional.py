@@ -1,0 +1,129 @@
+"""Conditional flows ``p(x | c)``: the context reaches every network, each conditional density is
+exact (round trip, log-det against the autograd Jacobian, normalised), and a missing, unwanted
+or misshapen context (or a label out of range) gets one clear error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import jacobian_log_dets, perturb
+from realnvp import RealNVP
+from realnvp.models import IAF, MAF, NSFAutoregressive, NSFCoupling, VectorRealNVP
+from realnvp.nets.context import one_hot
+
+K = 3
+
+
+def vector_models():
+    return {
+        "realnvp": lambda: VectorRealNVP(2, num_couplings=4, hidden=16, context_features=K),
+        "realnvp-plain": lambda: VectorRealNVP(2, num_couplings=4, hidden=16, batch_norm=False,
+                                               weight_norm=False, context_features=K),
+        "nsf-coupling": lambda: NSFCoupling(2, num_layers=2, hidden=16, bins=4, context_features=K),
+        "maf": lambda: MAF(2, num_layers=2, hidden=16, context_features=K),
+        "iaf": lambda: IAF(2, num_layers=2, hidden=16, context_features=K),
+        "nsf-autoregressive": lambda: NSFAutoregressive(2, num_layers=2, hidden=16, bins=4,
+                                                        context_features=K),
+    }
+
+
+def image_model():
+    return RealNVP((1, 4, 4), num_scales=2, hidden_channels=4, num_blocks=1, context_features=K)
+
+
+def _ready(model, x, c):
+    """Perturbed away from the identity, statistics settled by a training pass, in eval mode, float64."""
+    torch.manual_seed(0)
+    model = perturb(model.double(), 0.2)
+    model.train()
+    with torch.no_grad():
+        model.log_prob(x, c)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", list(vector_models()) + ["image"])
+def test_conditional_density_is_exact_given_the_context(name):
+    torch.manual_seed(1)
+    if name == "image":
+        model, x = image_model(), torch.rand(3, 1, 4, 4, dtype=torch.float64) * 0.8 + 0.1
+    else:
+        model, x = vector_models()[name](), torch.randn(3, 2, dtype=torch.float64)
+    c = torch.randn(3, K, dtype=torch.float64)
+    model = _ready(model, x, c)
+    z, log_det = model.forward_with_log_det(x, c)
+    torch.testing.assert_close(model.decode(z, c), x, atol=1e-8, rtol=1e-8)
+    expected = jacobian_log_dets(lambda xb: model.encode(xb, c), x)
+    torch.testing.assert_close(log_det.double(), expected, atol=1e-7, rtol=1e-7)
+    other = model.log_prob(x, c.flip(0))
+    assert not torch.allclose(other, model.log_prob(x, c)), "the context changes nothing"
+    xs, log_p = model.rsample_and_log_prob(3, context=c)
+    torch.testing.assert_close(log_p.double(), model.log_prob(xs.detach(), c).double(), atol=1e-6,
+                               rtol=1e-6)
+
+
+def test_every_conditional_density_integrates_to_one():
+    model = vector_models()["nsf-coupling"]().double()
+    torch.manual_seed(2)
+    model = _ready(model, torch.randn(64, 2, dtype=torch.float64), torch.randn(64, K, dtype=torch.float64))
+    side = torch.linspace(-9, 9, 361, dtype=torch.float64)
+    grid = torch.cartesian_prod(side, side)
+    step = float(side[1] - side[0])
+    for c in torch.eye(K, dtype=torch.float64):
+        with torch.no_grad():
+            mass = model.log_prob(grid, c.expand(len(grid), K)).exp().sum() * step ** 2
+        assert float(mass) == pytest.approx(1.0, abs=2e-3)
+
+
+def test_samples_follow_the_context():
+    model = vector_models()["maf"]()
+    with torch.no_grad():
+        model.eval()
+        first = model.sample(4, context=torch.tensor([1.0, 0, 0]), generator=torch.Generator().manual_seed(0))
+        again = model.sample(4, context=torch.tensor([1.0, 0, 0]).expand(4, K),
+                             generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(first, again)
+    assert first.shape == (4, 2)
+
+
+def test_gradients_reach_the_context_path():
+    model = VectorRealNVP(2, num_couplings=2, hidden=8, context_features=K)
+    c = torch.randn(5, K, requires_grad=True)
+    model.log_prob(torch.randn(5, 2), c).sum().backward()
+    assert c.grad is not None and bool(c.grad.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, u: m.log_prob(torch.randn(2, 2)),
+     r"this flow is conditional: pass a context of shape \(B, 3\)"),
+    (lambda m, u: u.log_prob(torch.randn(2, 2), torch.randn(2, K)), "this flow is unconditional"),
+    (lambda m, u: m.log_prob(torch.randn(2, 2), torch.randn(2, K + 1)),
+     r"expected a context of shape \(2, 3\), got \(2, 4\)"),
+    (lambda m, u: m.log_prob(torch.randn(2, 2), torch.randn(3, K)), r"got \(3, 3\)"),
+    (lambda m, u: m.log_prob(torch.randn(2, 2), torch.tensor([[0, 1, 2], [1, 2, 0]])), "floating-point"),
+    (lambda m, u: m.log_prob(torch.randn(2, 2), torch.full((2, K), float("nan"))), "NaN"),
+    (lambda m, u: m.sample(2), "this flow is conditional"),
+    (lambda m, u: u.sample(2, context=torch.zeros(K)), "this flow is unconditional"),
+])
+def test_a_wrong_context_is_one_clear_error(call, message):
+    model = VectorRealNVP(2, num_couplings=2, hidden=8, context_features=K)
+    plain = VectorRealNVP(2, num_couplings=2, hidden=8)
+    with pytest.raises(ValueError, match=message):
+        call(model, plain)
+
+
+def test_labels_become_one_hot_contexts_and_out_of_range_labels_are_refused():
+    torch.testing.assert_close(one_hot(torch.tensor([2, 0]), 3), torch.tensor([[0.0, 0, 1], [1, 0, 0]]))
+    with pytest.raises(ValueError, match="label 10 is out of range: the model has classes 0 to 9"):
+        one_hot(torch.tensor([3, 10]), 10)
+    with pytest.raises(ValueError, match="label -1 is out of range"):
+        one_hot(torch.tensor([-1]), 10)
+    with pytest.raises(ValueError, match="1-D integer tensor"):
+        one_hot(torch.tensor([0.5]), 10)
+
+
+def test_the_context_size_is_part_of_the_recorded_configuration():
+    for make in vector_models().values():
+        assert make().config["context_features"] == K
+    assert image_model().config["context_features"] == K
+    assert VectorRealNVP(2).context_features == 0
