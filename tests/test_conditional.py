@@ -127,3 +127,49 @@ def test_the_context_size_is_part_of_the_recorded_configuration():
         assert make().config["context_features"] == K
     assert image_model().config["context_features"] == K
     assert VectorRealNVP(2).context_features == 0
+
+
+# ------------------------------------------------------------------ class-conditional runs
+
+
+def test_digits_keeps_its_labels_and_a_labelled_view_pairs_them():
+    from realnvp.config import Config
+    from realnvp.training import load_split
+
+    plain, info = load_split(Config(valid_size=0), "test")
+    labelled, _ = load_split(Config(valid_size=0, conditional=True), "test")
+    assert info.num_classes == 10
+    image, label = labelled[5]
+    assert torch.equal(image, plain[5]) and 0 <= int(label) < 10
+    assert sorted(set(plain.labels.tolist())) == list(range(10))
+
+
+def test_class_conditional_run_end_to_end(tmp_path, capsys):
+    import numpy as np
+
+    from helpers import TINY, cli, one_line
+
+    run = tmp_path / "cond"
+    assert cli(capsys, "train", "--set", "conditional=true", "--epochs", "1", "--max-steps", "3",
+               "--out", run, *TINY, "--device", "cpu", "--set", "num_samples=10")[0] == 0
+    assert (run / "samples.png").exists()
+    code, out, _ = cli(capsys, "eval", run, "--dequant-samples", "1")
+    assert code == 0 and "bits/dim over 300 examples" in out
+    assert cli(capsys, "sample", run, "--label", "3", "-n", "4", "-o", run / "three.npy")[0] == 0
+    assert np.load(run / "three.npy").shape == (4, 1, 8, 8)
+    code, _, err = cli(capsys, "sample", run, "--label", "10", "-n", "4", "-o", run / "ten.npy")
+    assert code == 2 and "label 10 is out of range: the model has classes 0 to 9" in one_line(err)
+    assert not (run / "ten.npy").exists()
+    code, _, err = cli(capsys, "score", run, run / "three.npy")
+    assert code == 2 and "class-conditional" in one_line(err)
+
+
+def test_a_label_for_an_unconditional_run_and_labels_that_do_not_exist_are_refused(
+        tmp_path, capsys, reference_run):
+    from helpers import TINY, cli, one_line
+
+    code, _, err = cli(capsys, "sample", reference_run, "--label", "3", "-o", tmp_path / "s.png")
+    assert code == 2 and "this model is unconditional" in one_line(err)
+    code, _, err = cli(capsys, "train", "--data", "toy:moons", "--set", "conditional=true",
+                       "--out", tmp_path / "toy", *TINY)
+    assert code == 2 and "toy:moons has no class labels" in one_line(err)

@@ -95,7 +95,7 @@ def test_datainfo_from_dict_rejects_bad_input(data, match):
 def test_digits_shapes_levels_and_fixed_split():
     train, info = load_dataset("digits", "train")
     test, test_info = load_dataset("digits", "test", seed=123)
-    assert info == test_info == DataInfo("digits", "image", (1, 8, 8), 17, flip=False)
+    assert info == test_info == DataInfo("digits", "image", (1, 8, 8), 17, flip=False, num_classes=10)
     assert (len(train), len(test)) == (1497, 300)
     assert train[0].dtype == torch.uint8 and train[0].shape == (1, 8, 8)
     assert int(train.data.max()) == 16 and int(train.data.min()) == 0

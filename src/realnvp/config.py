@@ -32,6 +32,7 @@ class Config:
     image_size: int | None = None
     # model: which flow, then its architecture (image keys, vector keys)
     model: str = "realnvp"
+    conditional: bool = False
     num_scales: int = 2
     hidden_channels: int = 32
     num_blocks: int = 2
@@ -110,6 +111,8 @@ HELP = {
     "image_size": "side of the square images of the folder data set",
     "model": "the flow: realnvp (images and vectors), glow (images), maf, iaf, nsf-coupling, "
              "nsf-autoregressive (vectors), ffjord (images and vectors)",
+    "conditional": "class-conditional model p(x | label) on a labelled data set (realnvp; "
+                   "sample with --label)",
     "num_scales": "image models: scales of the multi-scale architecture (glow: levels)",
     "hidden_channels": "image models: channels of the s/t networks (realnvp: at the first scale)",
     "num_blocks": "realnvp image model: residual blocks per s/t network; ffjord: CNFs per scale "

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from .bijectors import bits_per_dim
 from .data import DataInfo
 from .data.toy import toy_entropy
-from .inputs import model_input
+from .inputs import batch_parts, model_input
 from .models import Flow
 from .precision import autocast
 
@@ -28,16 +28,19 @@ def nats_per_example(bits_per_dim, num_dims: int):
 
 @torch.no_grad()
 def per_draw_log_likelihoods(model: Flow, x: torch.Tensor, info: DataInfo, draws: int = 1,
-                             precision: str = "fp32") -> torch.Tensor:
-    """``(B, draws)`` float64 ``log p(y_s)`` in nats, each for a fresh dequantization ``y_s`` of
-    the batch (one draw for continuous data), as the model's density on ``[0, 1)^D``."""
+                             precision: str = "fp32", context: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, draws)`` float64 ``log p(y_s)`` (``log p(y_s | context)``) in nats, each for a fresh
+    dequantization ``y_s`` of the batch (one draw for continuous data), as the model's density on
+    ``[0, 1)^D``."""
     device = next(model.parameters()).device
+    if context is not None:
+        context = context.to(device)
     draws = draws if info.kind == "image" else 1
     out = []
     for _ in range(draws):
         y, _ = model_input(x.to(device), info)
         with autocast(device, precision):
-            out.append(model.log_prob(y).double())
+            out.append(model.log_prob(y, context).double())
     return torch.stack(out, dim=1)
 
 
@@ -101,8 +104,8 @@ def evaluate(model: Flow, dataset: Dataset, info: DataInfo, batch_size: int = 25
 
         loader = tqdm(loader, desc="eval", leave=False)
     try:
-        log_p = torch.cat([per_draw_log_likelihoods(model, x, info, draws, precision).cpu()
-                           for x in loader])
+        log_p = torch.cat([per_draw_log_likelihoods(model, x, info, draws, precision, context).cpu()
+                           for x, context in (batch_parts(b, info) for b in loader)])
     finally:
         model.train(was_training)
     bpd = bits_per_dim(log_p[:, :dequant_samples if discrete else 1], info.dim, info.num_levels)

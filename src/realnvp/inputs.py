@@ -14,6 +14,33 @@ from .bijectors import Dequantize
 from .data import DataInfo
 
 
+def batch_parts(batch, info: DataInfo, device=None) -> tuple[Tensor, Tensor | None]:
+    """A loader's batch as ``(x, context)``: a labelled data set's ``[images, labels]`` gives the
+    one-hot ``(B, num_classes)`` context of a class-conditional model; a plain batch ``None``."""
+    if isinstance(batch, Tensor):
+        return batch, None
+    from .nets.context import one_hot
+
+    x, labels = batch
+    return x, one_hot(labels, info.num_classes).to(device if device is not None else x.device)
+
+
+def class_context(model, n: int, device, label: int | None = None) -> Tensor | None:
+    """The context for ``n`` samples of a class-conditional model: every sample of class
+    ``label``, or (``None``) the classes in turn, ``0, 1, …, K−1, 0, …`` (a picture's rows then
+    run through the classes). ``None`` for an unconditional model, which refuses a label."""
+    k = model.context_features
+    if not k:
+        if label is not None:
+            raise ValueError("this model is unconditional: a label needs a run trained with "
+                             "conditional=true")
+        return None
+    from .nets.context import one_hot
+
+    labels = torch.full((n,), label) if label is not None else torch.arange(n) % k
+    return one_hot(labels, k).to(device)
+
+
 def model_input(x: Tensor, info: DataInfo, dtype=torch.float32, shard: tuple[int, int] = (0, 1)
                 ) -> tuple[Tensor, Tensor | None]:
     """A data batch ``(B, *shape)`` to the model's input space: ``(y, log_det)``.

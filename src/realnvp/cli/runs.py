@@ -33,6 +33,12 @@ def _load(args):
                     warn=lambda m: print(m, file=sys.stderr))
 
 
+def _unconditional(run, command: str) -> None:
+    if run.model.context_features:
+        raise UsageError(f"{command} does not take class-conditional runs yet (their inputs would "
+                         "need labels); eval and sample do")
+
+
 def cmd_eval(args) -> int:
     from ..evaluate import evaluate
     from ..runtime import seed_everything
@@ -53,7 +59,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from ..inputs import to_levels, to_pixels
+    from ..inputs import class_context, to_levels, to_pixels
     from ..viz import image_grid, samples_and_density, save
 
     if args.n < 1:
@@ -72,9 +78,15 @@ def cmd_sample(args) -> int:
                          "(or write .npy / .csv)")
     run = _load(args)
     device = next(run.model.parameters()).device
+    try:
+        contexts = [class_context(run.model, min(SAMPLE_BATCH, args.n - i), device, args.label)
+                    for i in range(0, args.n, SAMPLE_BATCH)]
+    except ValueError as e:
+        raise UsageError(f"--label {args.label}: {e}") from None
     g = torch.Generator(device).manual_seed(args.seed)
-    x = torch.cat([run.model.sample(min(SAMPLE_BATCH, args.n - i), args.temperature, generator=g).cpu()
-                   for i in range(0, args.n, SAMPLE_BATCH)])
+    x = torch.cat([run.model.sample(min(SAMPLE_BATCH, args.n - i), args.temperature, generator=g,
+                                    context=c).cpu()
+                   for i, c in zip(range(0, args.n, SAMPLE_BATCH), contexts, strict=True)])
     info = run.info
     if suffix in (".npy", ".csv"):
         import numpy as np
@@ -116,6 +128,7 @@ def cmd_interpolate(args) -> int:
                          f"at most {MAX_MANIFOLD_STEPS}")
     out = writable_file(args.output)
     run = _load(args)
+    _unconditional(run, "interpolate")
     if run.info.kind != "image":
         raise UsageError("interpolate draws the paper's Figure 6 and needs an image model")
     dataset, _ = load_split(run.config, "test", args.data_dir, augment=False)
@@ -142,6 +155,7 @@ def cmd_score(args) -> int:
     from ..score import read_inputs
 
     run = _load(args)
+    _unconditional(run, "score")
     inputs = read_inputs(args.inputs, run.info)
     seed_everything(args.seed)
     buf = io.StringIO()
@@ -267,6 +281,8 @@ def add_parsers(sub) -> None:
     s.add_argument("-n", type=int, default=64,
                    help=f"number of samples (at most {MAX_SAMPLES:,}; drawn {SAMPLE_BATCH} at a time)")
     s.add_argument("--temperature", type=float, default=0.7)
+    s.add_argument("--label", type=int, default=None,
+                   help="class of every sample (class-conditional runs; default: the classes in turn)")
     s.add_argument("-o", "--output", default="samples.png")
     s.set_defaults(func=cmd_sample)
 

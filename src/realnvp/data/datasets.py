@@ -25,12 +25,14 @@ class ArrayImageDataset(Dataset):
         images: uint8 array of shape ``(N, C, H, W)``, values already checked to lie in
             ``[0, K-1]``.
         flip: apply a random horizontal flip (probability 1/2) to each item fetched.
+        labels: ``(N,)`` integer class labels, or ``None``.
 
-    Items are ``torch.uint8`` tensors of shape ``(C, H, W)``; ``self.data`` is the whole
-    ``(N, C, H, W)`` tensor (un-augmented) for code that wants to batch without a DataLoader.
+    Items are ``torch.uint8`` tensors of shape ``(C, H, W)`` (of a :meth:`labelled` view:
+    ``(image, label)`` pairs); ``self.data`` is the whole ``(N, C, H, W)`` tensor (un-augmented)
+    for code that wants to batch without a DataLoader, ``self.labels`` the ``(N,)`` labels.
     """
 
-    def __init__(self, images: np.ndarray, flip: bool = False) -> None:
+    def __init__(self, images: np.ndarray, flip: bool = False, labels: np.ndarray | None = None) -> None:
         if images.dtype != np.uint8 or images.ndim != 4:
             raise TypeError(
                 f"expected a uint8 (N, C, H, W) array, got {images.dtype} {images.shape}"
@@ -42,6 +44,13 @@ class ArrayImageDataset(Dataset):
             array = array.copy()
         self.data = torch.from_numpy(array)
         self.flip = bool(flip)
+        self.with_labels = False
+        self.labels = None
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != (len(array),) or labels.dtype.kind not in "iu":
+                raise TypeError(f"expected ({len(array)},) integer labels, got {labels.dtype} {labels.shape}")
+            self.labels = torch.from_numpy(labels.astype(np.int64))
 
     def __len__(self) -> int:
         return self.data.shape[0]
@@ -52,12 +61,19 @@ class ArrayImageDataset(Dataset):
         view.flip = False
         return view
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def labelled(self) -> ArrayImageDataset:
+        """The same images (shared) as ``(image, label)`` items."""
+        if self.labels is None:
+            raise ValueError("this data set has no labels")
+        view = copy.copy(self)
+        view.with_labels = True
+        return view
+
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         item = self.data[index]
-        if self.flip and coin_flip():
-            return item.flip(-1)
         # Clone so callers that modify items in place cannot corrupt the data set.
-        return item.clone()
+        item = item.flip(-1) if self.flip and coin_flip() else item.clone()
+        return (item, self.labels[index]) if self.with_labels else item
 
 
 class VectorDataset(Dataset):

@@ -23,12 +23,13 @@ def load_digits_split(split: str, augment: bool) -> tuple[ArrayImageDataset, Dat
     from sklearn.datasets import load_digits
 
     try:
-        images = load_digits().images  # (1797, 8, 8) float64 holding integers 0..16
+        digits = load_digits()
+        images, labels = digits.images, digits.target  # (1797, 8, 8) float64 holding 0..16
     except (OSError, ValueError) as exc:  # a broken scikit-learn install
         raise DataError(f"digits: scikit-learn could not load its bundled digits ({exc})") from exc
     if not np.array_equal(images, np.round(images)):
         raise DataError("digits: scikit-learn returned non-integer pixel values")
     pixels = as_uint8_pixels(images.astype(np.int64), "digits", NUM_LEVELS)[:, None, :, :]
     idx = split_indices(len(pixels), split, source="digits", num_test=NUM_TEST)
-    info = DataInfo("digits", "image", (1, 8, 8), NUM_LEVELS, flip=False)
-    return ArrayImageDataset(pixels[idx], flip=augment), info
+    info = DataInfo("digits", "image", (1, 8, 8), NUM_LEVELS, flip=False, num_classes=10)
+    return ArrayImageDataset(pixels[idx], flip=augment, labels=labels[idx]), info

@@ -25,6 +25,8 @@ class DataInfo:
         flip: whether horizontal-flip augmentation is part of the paper's recipe for this set.
         mean, std: per-feature standardisation statistics (tabular data only, computed on the
             train split and already applied to the items of both splits); ``None`` otherwise.
+        num_classes: the number of class labels the data set's reader keeps beside the images
+            (labels ``0..num_classes-1``, for class-conditional models); ``None``: unlabelled.
     """
 
     name: str
@@ -34,6 +36,7 @@ class DataInfo:
     flip: bool = False
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    num_classes: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("image", "vector"):

@@ -36,6 +36,7 @@ def _image_model(cfg: Config, info: DataInfo) -> Flow:
         info.shape, num_scales=cfg.num_scales, hidden_channels=cfg.hidden_channels,
         num_blocks=cfg.num_blocks, coupling=cfg.coupling, batch_norm=cfg.batch_norm,
         logit_alpha=cfg.logit_alpha, factor_out=cfg.factor_out,
+        context_features=info.num_classes if cfg.conditional else 0,
     )
 
 
@@ -66,6 +67,11 @@ def build_model(cfg: Config, info: DataInfo) -> Flow:
     if cfg.model not in allowed:
         raise ConfigError(f"model {cfg.model} is not available for {info.kind} data ({info.name}); "
                           f"choose one of {', '.join(allowed)}")
+    if cfg.conditional and (info.kind != "image" or cfg.model != "realnvp"):
+        raise ConfigError(f"conditional: class-conditional training is available for the realnvp "
+                          f"image model on labelled data, not for {cfg.model} on {info.name}")
+    if cfg.conditional and not info.num_classes:
+        raise ConfigError(f"conditional: {info.name} has no class labels (labelled: digits)")
     try:
         return (_image_model if info.kind == "image" else _vector_model)(cfg, info)
     except ValueError as e:

@@ -76,6 +76,10 @@ def load_split(cfg: Config, split: str, data_dir: str | None = None, download: b
     source = "train" if split == "valid" else split
     dataset, info = load_dataset(cfg.data, source, data_dir or cfg.data_dir, download=download,
                                  seed=cfg.seed, **extra)
+    if cfg.conditional:
+        if info.num_classes is None or getattr(dataset, "labels", None) is None:
+            raise ConfigError(f"conditional: {cfg.data} has no class labels (labelled: digits)")
+        dataset = dataset.labelled()
     if source == "test" or not cfg.valid_size:
         if split == "valid":
             raise ConfigError("this run has no validation split (valid_size is 0)")

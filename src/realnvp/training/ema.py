@@ -32,17 +32,17 @@ class EMA:
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[Tensor]) -> None:
-        """Running statistics of the averaged model = plain averages over ``batches`` (model
-        inputs), as with momentum ``1/(i+1)`` on the i-th batch."""
+        """Running statistics of the averaged model = plain averages over ``batches`` (``(model
+        input, context or None)`` pairs), as with momentum ``1/(i+1)`` on the i-th batch."""
         norms = [m for m in self.model.modules()
                  if isinstance(m, BatchNorm | nn.modules.batchnorm._BatchNorm)]
         saved = [m.momentum for m in norms]
         self.model.train()
         try:
-            for i, y in enumerate(batches):
+            for i, (y, context) in enumerate(batches):
                 for m in norms:
                     m.momentum = 1.0 / (i + 1)
-                self.model.log_prob(y)
+                self.model.log_prob(y, context)
         finally:
             for m, mom in zip(norms, saved, strict=True):
                 m.momentum = mom

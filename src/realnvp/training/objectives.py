@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import default_collate
 
 from ..bijectors import bits_per_dim
 from ..evaluate import evaluate, histogram_baseline, nats_per_example
-from ..inputs import model_input, to_pixels
+from ..inputs import batch_parts, class_context, model_input, to_pixels
 from ..models import Flow
 from ..precision import autocast
 from ..viz import image_grid, samples_and_density, save
@@ -84,14 +85,15 @@ class MaximumLikelihood(Objective):
         self.reference = torch.stack([test[i] for i in range(min(2000, len(test)))]) \
             if info.kind == "vector" and info.dim == 2 else None
 
-    def loss(self, ctx, x: Tensor) -> tuple[Tensor, Tensor]:
+    def loss(self, ctx, batch) -> tuple[Tensor, Tensor]:
         """``(mean NLL in nats per example + l2·Σθ², mean bits/dim)``: the cost on the authors'
         scale (``real_nvp_multiscale_dataset.py`` minimises the per-image NLL in nats plus
         ``l2_coeff · l2_reg`` and clips that gradient), and the figure people report."""
         cfg, info = ctx.cfg, ctx.data.info
+        x, context = batch_parts(batch, info, ctx.device)
         y, _ = model_input(x.to(ctx.device), info, shard=(ctx.dist.rank, ctx.dist.world_size))
         with autocast(ctx.device, cfg.precision):
-            log_p = ctx.net(y)
+            log_p = ctx.net(y) if context is None else ctx.net(y, context)
         bpd = bits_per_dim(log_p, info.dim, info.num_levels).mean()
         nll = nats_per_example(bpd, info.dim)  # = mean(−log p(y)) + D ln K: a constant apart
         l2 = sum(p.pow(2).sum() for p in self.reg_params) if cfg.l2 else 0.0
@@ -113,12 +115,14 @@ class MaximumLikelihood(Objective):
         return result
 
     def calibration_inputs(self, ctx, num_batches: int = 8):
-        """Model inputs from the first training examples (fixed, so calibration is reproducible)."""
+        """``(model input, context)`` batches from the first training examples (fixed, so
+        calibration is reproducible)."""
         train, b = ctx.data.train, ctx.cfg.batch_size
         n = min(len(train), b * num_batches)
         for start in range(0, n - b + 1, b):
-            x = torch.stack([train[i] for i in range(start, start + b)])
-            yield model_input(x.to(ctx.device), ctx.data.info)[0]
+            batch = default_collate([train[i] for i in range(start, start + b)])
+            x, context = batch_parts(batch, ctx.data.info, ctx.device)
+            yield model_input(x.to(ctx.device), ctx.data.info)[0], context
 
     def pictures(self, ctx, model: Flow, path: Path) -> bool:
         """A sample grid (images) or samples beside the density (2-D data)."""
@@ -126,7 +130,8 @@ class MaximumLikelihood(Objective):
         if info.kind != "image" and info.dim != 2:
             return False
         g = torch.Generator(device=ctx.device).manual_seed(cfg.seed)
-        samples = model.sample(cfg.num_samples, cfg.sample_temperature, generator=g)
+        samples = model.sample(cfg.num_samples, cfg.sample_temperature, generator=g,
+                               context=class_context(model, cfg.num_samples, ctx.device))
         if info.kind == "image":
             save(image_grid(to_pixels(samples.cpu(), info)), path)
         else:
