@@ -5,6 +5,7 @@ from .autoregressive import MaskedAutoregressive
 from .base import Bijector, Inverse, Sequential, sum_except_batch, zero_log_det
 from .cnf import CNF, ODESolverError
 from .coupling import AdditiveCoupling, AffineCoupling, HalfCouplings
+from .elementwise import ElementwiseAffine
 from .glow import (
     GlowAdditiveCoupling,
     GlowAffineCoupling,
@@ -18,7 +19,9 @@ from .linear import Invertible1x1Conv
 from .masks import Checkerboard, Halves, Mask, checkerboard
 from .multiscale import MultiScale
 from .normalization import ActNorm, BatchNorm
+from .planar import NoDensityDirection, Planar
 from .preprocessing import Dequantize, Logit, bits_per_dim
+from .radial import Radial
 from .splines import SplineCoupling, rational_quadratic
 from .squeeze import ChannelPermutation, Squeeze, checkerboard_colour_order
 
@@ -32,6 +35,7 @@ __all__ = [
     "ChannelPermutation",
     "Checkerboard",
     "Dequantize",
+    "ElementwiseAffine",
     "GlowAdditiveCoupling",
     "GlowAffineCoupling",
     "GlowNet",
@@ -44,6 +48,9 @@ __all__ = [
     "MaskedAutoregressive",
     "Mask",
     "MultiScale",
+    "NoDensityDirection",
+    "Planar",
+    "Radial",
     "ODESolverError",
     "Sequential",
     "SplineCoupling",

@@ -19,7 +19,7 @@ RESUME_OVERRIDES = frozenset({"epochs", "device", "num_workers", "eval_batch_siz
 
 #: What a run writes into its directory, besides its checkpoints (``--overwrite`` removes them).
 RUN_FILES = ("config.json", "data.json", "metrics.csv", "eval.json", "samples.png", "curves.png",
-             "samples", "tensorboard")
+             "samples", "tensorboard", "fit.json")
 
 
 def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overrides: dict,

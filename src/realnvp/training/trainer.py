@@ -58,7 +58,9 @@ class Trainer:
     """Trains (or resumes) the run in ``run_dir``; :meth:`run` returns the final evaluation.
 
     Seams, all optional: ``data`` (a :class:`TrainingData`; default: the data set ``cfg`` names),
-    ``objective`` (default :class:`MaximumLikelihood`), ``optimizer(params, cfg, device)``
+    ``objective`` (default :class:`MaximumLikelihood`), ``model(cfg, data_info) -> Flow`` (default
+    :func:`~realnvp.models.build.build_model`; e.g. a variational posterior for a data-free
+    objective, whose ``data`` only counts steps), ``optimizer(params, cfg, device)``
     (default :func:`adam`), ``clock`` (seconds, for the ``seconds`` column and the time budget),
     ``faults`` (:class:`Faults` hooks). ``max_steps`` and ``time_budget`` (seconds of training,
     from the start of the first epoch) stop the run at a step boundary: it checkpoints,
@@ -69,12 +71,14 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False,
                  overrides: dict | None = None, *, data: TrainingData | None = None,
                  objective: Objective | None = None, optimizer: Callable = adam,
+                 model: Callable | None = None,
                  clock: Callable[[], float] = time.monotonic, faults: Faults | None = None,
                  max_steps: int | None = None, time_budget: float | None = None,
                  overwrite: bool = False, quiet: bool = False, log: Callable[..., None] = print):
         self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
         self.overrides = overrides or {}
         self.data, self.objective, self.make_optimizer = data, objective, optimizer
+        self.build_model = model or build_model
         self.clock, self.faults = clock, faults or Faults()
         self.max_steps, self.time_budget = max_steps, time_budget
         self.quiet, self.log, self.overwrite = quiet, log, overwrite
@@ -100,7 +104,7 @@ class Trainer:
         data.check(cfg.batch_size, dist.world_size)
 
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg, data.info).to(device)
+        model = self.build_model(cfg, data.info).to(device)
         objective = (self.objective or MaximumLikelihood()).to(device)
         optimizer = self.make_optimizer(
             [*model.parameters(), *objective.parameters()], cfg, device)
