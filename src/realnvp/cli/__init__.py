@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from .. import __version__
-from . import runs, train
+from . import fit, runs, train
 from .common import EXIT_USAGE, Parser, UsageError
 
 
@@ -21,6 +21,7 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="command", parser_class=Parser)
     train.add_parser(sub)
     runs.add_parsers(sub)
+    fit.add_parser(sub)
     return p
 
 
