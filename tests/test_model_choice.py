@@ -115,3 +115,17 @@ def test_iaf_samples_carry_their_density_in_one_pass():
     model.eval()
     x, log_p = model.rsample_and_log_prob(16)
     torch.testing.assert_close(log_p, model.log_prob(x.detach()), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name, shape, latent_parts", [
+    ("glow-cifar10", (3, 32, 32), 3), ("glow-imagenet32", (3, 32, 32), 3),
+    ("glow-imagenet64", (3, 64, 64), 4)])
+def test_glow_recipes_build_the_papers_layout(name, shape, latent_parts):
+    from realnvp.config import read_config_file
+
+    cfg = read_config_file(name)
+    assert (cfg.model, cfg.hidden_channels, cfg.coupling) == ("glow", 512, "affine")
+    # the paper's levels and steps at a width that builds in a moment
+    model = build_model(cfg.replace(hidden_channels=4), DataInfo(cfg.data, "image", shape, 256))
+    assert model.config["num_levels"] == latent_parts
+    assert model.config["steps_per_level"] == cfg.steps_per_level
