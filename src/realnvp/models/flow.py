@@ -161,19 +161,23 @@ class Flow(nn.Module):
         self._condition(context, z.shape[0], expand=True)
         return self.bijector.invert(z)
 
-    def rsample(self, n: int, temperature: float = 1.0, generator=None,
-                context: Tensor | None = None) -> Tensor:
-        """``n`` reparametrised samples ``(n, *event_shape)``; ``z ~ N(0, temperature² I)``.
-
-        Uses the module's current mode; see :meth:`sample` for the usual entry point.
-        """
+    def _prior_draw(self, n: int, temperature: float, generator) -> Tensor:
+        """``(n, D)`` latents from ``N(0, temperature² I)`` in the model's device and dtype."""
         if n < 1:
             raise ValueError(f"number of samples must be >= 1, got {n}")
         if not 0 <= temperature < math.inf:
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         device, dtype = self._reference()
         z = torch.randn(n, self.num_dims, device=device, dtype=dtype, generator=generator)
-        return self.decode(z if temperature == 1.0 else z * temperature, context)
+        return z if temperature == 1.0 else z * temperature
+
+    def rsample(self, n: int, temperature: float = 1.0, generator=None,
+                context: Tensor | None = None) -> Tensor:
+        """``n`` reparametrised samples ``(n, *event_shape)``; ``z ~ N(0, temperature² I)``.
+
+        Uses the module's current mode; see :meth:`sample` for the usual entry point.
+        """
+        return self.decode(self._prior_draw(n, temperature, generator), context)
 
     def rsample_and_log_prob(self, n: int, temperature: float = 1.0, generator=None,
                              context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -189,14 +193,7 @@ class Flow(nn.Module):
         one-pass density of its own samples (its :meth:`log_prob` takes D passes). Uses the
         module's current mode, like :meth:`rsample`; differentiable.
         """
-        if n < 1:
-            raise ValueError(f"number of samples must be >= 1, got {n}")
-        if not 0 <= temperature < math.inf:
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-        device, dtype = self._reference()
-        z = torch.randn(n, self.num_dims, device=device, dtype=dtype, generator=generator)
-        if temperature != 1.0:
-            z = z * temperature
+        z = self._prior_draw(n, temperature, generator)
         self._condition(context, n, expand=True)
         x, log_det = self.bijector.inverse(z)
         return x, standard_normal_log_prob(z) - log_det
