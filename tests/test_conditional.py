@@ -173,3 +173,72 @@ def test_a_label_for_an_unconditional_run_and_labels_that_do_not_exist_are_refus
     code, _, err = cli(capsys, "train", "--data", "toy:moons", "--set", "conditional=true",
                        "--out", tmp_path / "toy", *TINY)
     assert code == 2 and "toy:moons has no class labels" in one_line(err)
+
+
+# ------------------------------------------------------------- conditional tabular densities
+
+
+def _columns_csv(path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(2000, 1))
+    noise = 0.3 * rng.normal(size=(2000, 2))
+    rows = np.concatenate([c + noise[:, :1], -c + noise[:, 1:], c], 1)
+    np.savetxt(path, rows, delimiter=",")
+    return rows
+
+
+def test_context_columns_split_the_rows_and_keep_both_standardisations(tmp_path):
+    from realnvp.config import Config
+    from realnvp.training import load_split
+
+    rows = _columns_csv(tmp_path / "t.csv")
+    plain, whole = load_split(Config(data="tabular", data_dir=str(tmp_path / "t.csv"), valid_size=0), "train")
+    split, info = load_split(Config(data="tabular", data_dir=str(tmp_path / "t.csv"), valid_size=0,
+                                    context_columns=[0]), "train")
+    assert info.shape == (2,) and info.context_features == 1
+    assert (info.mean, info.context_mean) == (whole.mean[1:], whole.mean[:1])
+    x, c = split[3]
+    torch.testing.assert_close(torch.cat((c, x)), plain[3])
+    assert rows.shape == (2000, 3)
+
+
+@pytest.mark.parametrize("model", ["realnvp", "maf", "nsf-coupling"])
+def test_conditional_tabular_run_end_to_end(tmp_path, capsys, model):
+    import numpy as np
+
+    from helpers import cli, one_line
+
+    _columns_csv(tmp_path / "t.csv")
+    run = tmp_path / "run"
+    assert cli(capsys, "train", "--data", "tabular", "--data-dir", tmp_path / "t.csv", "--context-columns",
+               "2", "--model", model, "--epochs", "1", "--quiet", "--device", "cpu", "--set", "hidden=8",
+               "--set", "num_couplings=2", "--out", run)[0] == 0
+    assert cli(capsys, "eval", run)[0] == 0
+    assert cli(capsys, "sample", run, "--context", "1.5", "-n", "7", "-o", run / "s.npy")[0] == 0
+    assert np.load(run / "s.npy").shape == (7, 2)
+    code, _, err = cli(capsys, "sample", run, "-n", "7", "-o", run / "none.npy")
+    assert code == 2 and "give 1 value(s), got none" in one_line(err)
+    code, _, err = cli(capsys, "sample", run, "--context", "1,2", "-n", "7", "-o", run / "two.npy")
+    assert code == 2 and "give 1 value(s), got 2" in one_line(err)
+
+
+@pytest.mark.parametrize("columns, message", [("5", "column 5 does not exist"),
+                                              ("0,1,2", "leaves none to model")])
+def test_impossible_context_columns_are_refused(tmp_path, capsys, columns, message):
+    from helpers import cli, one_line
+
+    _columns_csv(tmp_path / "t.csv")
+    code, _, err = cli(capsys, "train", "--data", "tabular", "--data-dir", tmp_path / "t.csv",
+                       "--context-columns", columns, "--quiet", "--out", tmp_path / "run")
+    assert code == 2 and message in one_line(err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_context_columns_key_is_checked():
+    from realnvp.config import Config, ConfigError
+
+    for bad in ([-1], [1, 1], "2", [True]):
+        with pytest.raises(ConfigError, match="context_columns must be a list of distinct column numbers"):
+            Config(context_columns=bad).replace()

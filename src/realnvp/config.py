@@ -33,6 +33,7 @@ class Config:
     # model: which flow, then its architecture (image keys, vector keys)
     model: str = "realnvp"
     conditional: bool = False
+    context_columns: list[int] = field(default_factory=list)
     num_scales: int = 2
     hidden_channels: int = 32
     num_blocks: int = 2
@@ -113,6 +114,8 @@ HELP = {
              "nsf-autoregressive (vectors), ffjord (images and vectors)",
     "conditional": "class-conditional model p(x | label) on a labelled data set (realnvp; "
                    "sample with --label)",
+    "context_columns": "tabular data: the columns (0-based) that are the context of a conditional "
+                       "density p(other columns | these); sample with --context",
     "num_scales": "image models: scales of the multi-scale architecture (glow: levels)",
     "hidden_channels": "image models: channels of the s/t networks (realnvp: at the first scale)",
     "num_blocks": "realnvp image model: residual blocks per s/t network; ffjord: CNFs per scale "
@@ -231,6 +234,12 @@ def _coerce(cfg: Config) -> Config:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"{f.name} must be a number, got {value!r}")
             setattr(cfg, f.name, float(value))
+    columns = cfg.context_columns
+    if not isinstance(columns, list | tuple) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in columns) \
+            or len(set(columns)) != len(columns):
+        raise ConfigError(f"context_columns must be a list of distinct column numbers >= 0, got {columns!r}")
+    cfg.context_columns = list(columns)
     for key, allowed in _CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")

@@ -16,13 +16,15 @@ from .data import DataInfo
 
 def batch_parts(batch, info: DataInfo, device=None) -> tuple[Tensor, Tensor | None]:
     """A loader's batch as ``(x, context)``: a labelled data set's ``[images, labels]`` gives the
-    one-hot ``(B, num_classes)`` context of a class-conditional model; a plain batch ``None``."""
+    one-hot ``(B, num_classes)`` context of a class-conditional model, a tabular data set's
+    ``[x, context columns]`` its (standardised) context; a plain batch ``None``."""
     if isinstance(batch, Tensor):
         return batch, None
     from .nets.context import one_hot
 
-    x, labels = batch
-    return x, one_hot(labels, info.num_classes).to(device if device is not None else x.device)
+    x, c = batch
+    context = c if c.is_floating_point() else one_hot(c, info.num_classes)
+    return x, context.to(device if device is not None else x.device)
 
 
 def class_context(model, n: int, device, label: int | None = None) -> Tensor | None:
@@ -39,6 +41,24 @@ def class_context(model, n: int, device, label: int | None = None) -> Tensor | N
 
     labels = torch.full((n,), label) if label is not None else torch.arange(n) % k
     return one_hot(labels, k).to(device)
+
+
+def column_context(values: list[float] | None, info: DataInfo, n: int, device) -> Tensor | None:
+    """The ``(n, k)`` context of a conditional tabular density from the context columns'
+    ``values`` in the data's units (standardised as the training rows were); ``None`` when the
+    run has no context columns, which refuses values."""
+    k = info.context_features
+    if not k:
+        if values is not None:
+            raise ValueError("this run has no context columns: --context needs a run trained "
+                             "with context_columns")
+        return None
+    if values is None or len(values) != k:
+        got = "none" if values is None else len(values)
+        raise ValueError(f"this run is conditioned on {k} context column(s): give {k} value(s), got {got}")
+    c = (torch.tensor(values, dtype=torch.float32) - torch.tensor(info.context_mean)) \
+        / torch.tensor(info.context_std)
+    return c.expand(n, k).to(device)
 
 
 def model_input(x: Tensor, info: DataInfo, dtype=torch.float32, shard: tuple[int, int] = (0, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -33,6 +34,16 @@ def _load(args):
                     warn=lambda m: print(m, file=sys.stderr))
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
+
+
 def _unconditional(run, command: str) -> None:
     if run.model.context_features:
         raise UsageError(f"{command} does not take class-conditional runs yet (their inputs would "
@@ -59,7 +70,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from ..inputs import class_context, to_levels, to_pixels
+    from ..inputs import class_context, column_context, to_levels, to_pixels
     from ..viz import image_grid, samples_and_density, save
 
     if args.n < 1:
@@ -79,10 +90,13 @@ def cmd_sample(args) -> int:
     run = _load(args)
     device = next(run.model.parameters()).device
     try:
-        contexts = [class_context(run.model, min(SAMPLE_BATCH, args.n - i), device, args.label)
-                    for i in range(0, args.n, SAMPLE_BATCH)]
+        contexts = [column_context(args.context, run.info, m, device) if run.info.context_features
+                    or args.context is not None else class_context(run.model, m, device, args.label)
+                    for m in (min(SAMPLE_BATCH, args.n - i) for i in range(0, args.n, SAMPLE_BATCH))]
     except ValueError as e:
-        raise UsageError(f"--label {args.label}: {e}") from None
+        given = ("--context " + ",".join(f"{v:g}" for v in args.context) if args.context is not None
+                 else f"--label {args.label}" if args.label is not None else "sample")
+        raise UsageError(f"{given}: {e}") from None
     g = torch.Generator(device).manual_seed(args.seed)
     x = torch.cat([run.model.sample(min(SAMPLE_BATCH, args.n - i), args.temperature, generator=g,
                                     context=c).cpu()
@@ -101,6 +115,8 @@ def cmd_sample(args) -> int:
                 np.savetxt(tmp, arr.reshape(arr.shape[0], -1), delimiter=",", fmt="%.6g")
     elif info.kind == "image":
         save(image_grid(to_pixels(x, info)), out)
+    elif info.dim == 2 and run.model.context_features:
+        raise UsageError("the density of a conditional run cannot be drawn; use -o FILE.csv or .npy")
     elif info.dim == 2:  # drawn in the model's (standardised) coordinates
         save(samples_and_density(run.model, x), out)
     else:
@@ -283,6 +299,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--temperature", type=float, default=0.7)
     s.add_argument("--label", type=int, default=None,
                    help="class of every sample (class-conditional runs; default: the classes in turn)")
+    s.add_argument("--context", type=_floats, default=None, metavar="V1,V2,...",
+                   help="values of the context columns, in the data's units (runs trained with "
+                        "context_columns)")
     s.add_argument("-o", "--output", default="samples.png")
     s.set_defaults(func=cmd_sample)
 

@@ -10,6 +10,14 @@ from pathlib import Path
 
 from .common import UsageError, positive_float, positive_int, print_eval, writable_dir
 
+
+def _columns(text: str) -> list[int]:
+    try:
+        return [int(c) for c in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated column numbers, got {text!r}") from None
+
+
 TRAIN_FLAGS = {  # option -> (config key, type)
     "--data": ("data", str), "--model": ("model", str), "--data-dir": ("data_dir", str),
     "--epochs": ("epochs", int),
@@ -17,6 +25,7 @@ TRAIN_FLAGS = {  # option -> (config key, type)
     "--seed": ("seed", int), "--precision": ("precision", str), "--ema-decay": ("ema_decay", float),
     "--warmup-steps": ("warmup_steps", int), "--image-size": ("image_size", int),
     "--num-workers": ("num_workers", int), "--threads": ("threads", int),
+    "--context-columns": ("context_columns", _columns),
 }
 
 

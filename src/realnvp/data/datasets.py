@@ -95,3 +95,19 @@ class VectorDataset(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.data[index].clone()
+
+
+class ContextColumnsDataset(Dataset):
+    """A :class:`VectorDataset`'s rows as ``(x, context)`` pairs: ``context`` the columns
+    ``columns`` (in that order), ``x`` the others (in theirs). ``self.data``: the ``x`` part."""
+
+    def __init__(self, base: VectorDataset, columns: list[int]) -> None:
+        keep = [j for j in range(base.data.shape[1]) if j not in set(columns)]
+        self.data = base.data[:, keep]
+        self.context = base.data[:, list(columns)]
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data[index].clone(), self.context[index].clone()

@@ -25,6 +25,10 @@ class DataInfo:
         flip: whether horizontal-flip augmentation is part of the paper's recipe for this set.
         mean, std: per-feature standardisation statistics (tabular data only, computed on the
             train split and already applied to the items of both splits); ``None`` otherwise.
+        context_mean, context_std: for a conditional density of tabular data
+            (``context_columns``), the standardisation statistics of the columns that are the
+            context (the data set's items are then ``(x, context)`` pairs; ``mean``/``std`` and
+            ``shape`` describe the modelled columns alone); ``None`` otherwise.
         num_classes: the number of class labels the data set's reader keeps beside the images
             (labels ``0..num_classes-1``, for class-conditional models); ``None``: unlabelled.
     """
@@ -37,6 +41,8 @@ class DataInfo:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     num_classes: int | None = None
+    context_mean: tuple[float, ...] | None = None
+    context_std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("image", "vector"):
@@ -60,6 +66,11 @@ class DataInfo:
             object.__setattr__(self, "num_levels", int(self.num_levels))
 
     @property
+    def context_features(self) -> int:
+        """The number of context columns of a conditional tabular density (0: none)."""
+        return len(self.context_mean) if self.context_mean is not None else 0
+
+    @property
     def dim(self) -> int:
         """Number of scalar dimensions of one item (C*H*W or D)."""
         return math.prod(self.shape)
@@ -67,7 +78,7 @@ class DataInfo:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict (tuples become lists)."""
         out = asdict(self)
-        for key in ("shape", "mean", "std"):
+        for key in ("shape", "mean", "std", "context_mean", "context_std"):
             if out[key] is not None:
                 out[key] = list(out[key])
         return out

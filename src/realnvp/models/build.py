@@ -41,6 +41,7 @@ def _image_model(cfg: Config, info: DataInfo) -> Flow:
 
 
 def _vector_model(cfg: Config, info: DataInfo) -> Flow:
+    k = info.context_features
     if cfg.model == "ffjord":
         return FFJORD(info.dim, hidden=cfg.hidden, num_hidden_layers=cfg.num_layers,
                       num_blocks=cfg.num_blocks, trace=cfg.trace_estimator, **_ode_options(cfg))
@@ -48,13 +49,14 @@ def _vector_model(cfg: Config, info: DataInfo) -> Flow:
         return VectorRealNVP(
             info.dim, num_couplings=cfg.num_couplings, hidden=cfg.hidden, num_layers=cfg.num_layers,
             coupling=cfg.coupling, batch_norm=cfg.batch_norm, weight_norm=cfg.weight_norm,
+            context_features=k,
         )
     if cfg.model == "nsf-coupling":
         return NSFCoupling(info.dim, num_layers=cfg.num_couplings, hidden=cfg.hidden,
                            num_hidden_layers=cfg.num_layers, bins=cfg.bins, bound=cfg.spline_bound,
-                           batch_norm=cfg.batch_norm, weight_norm=cfg.weight_norm)
+                           batch_norm=cfg.batch_norm, weight_norm=cfg.weight_norm, context_features=k)
     kwargs = dict(num_layers=cfg.num_couplings, hidden=cfg.hidden, num_hidden_layers=cfg.num_layers,
-                  bins=cfg.bins, bound=cfg.spline_bound, batch_norm=cfg.batch_norm)
+                  bins=cfg.bins, bound=cfg.spline_bound, batch_norm=cfg.batch_norm, context_features=k)
     return _AUTOREGRESSIVE[cfg.model](info.dim, **kwargs)
 
 
@@ -70,6 +72,8 @@ def build_model(cfg: Config, info: DataInfo) -> Flow:
     if cfg.conditional and (info.kind != "image" or cfg.model != "realnvp"):
         raise ConfigError(f"conditional: class-conditional training is available for the realnvp "
                           f"image model on labelled data, not for {cfg.model} on {info.name}")
+    if info.context_features and cfg.model == "ffjord":
+        raise ConfigError("context_columns: the ffjord model has no conditional version yet")
     if cfg.conditional and not info.num_classes:
         raise ConfigError(f"conditional: {info.name} has no class labels (labelled: digits)")
     try:

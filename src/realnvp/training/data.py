@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from ..config import Config, ConfigError
 from ..data import DataInfo, load_dataset
+from ..data.datasets import ContextColumnsDataset, VectorDataset
 from ..distributed import DistInfo
 
 
@@ -63,6 +65,27 @@ def carve(dataset: Dataset, valid_size: float) -> tuple[Carved, Carved]:
     return Carved(dataset, train.tolist()), Carved(_unaugmented(dataset), valid.tolist())
 
 
+def context_columns(dataset: Dataset, info: DataInfo, columns: list[int]) -> tuple[Dataset, DataInfo]:
+    """Tabular rows as ``(x, context)`` pairs for a conditional density ``p(x | context)``: the
+    data set and the description of the modelled columns (``info.context_mean``/``std``: the
+    context columns' statistics)."""
+    if info.name != "tabular" or not isinstance(dataset, VectorDataset):
+        raise ConfigError(f"context_columns: {info.name} has no columns to condition on (tabular data does)")
+    bad = [c for c in columns if not 0 <= c < info.dim]
+    if bad:
+        raise ConfigError(f"context_columns: column {bad[0]} does not exist (the data has columns "
+                          f"0 to {info.dim - 1})")
+    if len(columns) >= info.dim:
+        raise ConfigError(f"context_columns: conditioning on {len(columns)} of {info.dim} columns "
+                          "leaves none to model")
+    keep = [j for j in range(info.dim) if j not in set(columns)]
+    info = dataclasses.replace(
+        info, shape=(len(keep),), mean=tuple(info.mean[j] for j in keep),
+        std=tuple(info.std[j] for j in keep), context_mean=tuple(info.mean[j] for j in columns),
+        context_std=tuple(info.std[j] for j in columns))
+    return ContextColumnsDataset(dataset, columns), info
+
+
 def load_split(cfg: Config, split: str, data_dir: str | None = None, download: bool = False,
                augment: bool | None = None) -> tuple[Dataset, DataInfo]:
     """Split ``split`` (one of :data:`SPLITS`) of the data set ``cfg`` names (``data_dir``
@@ -80,6 +103,8 @@ def load_split(cfg: Config, split: str, data_dir: str | None = None, download: b
         if info.num_classes is None or getattr(dataset, "labels", None) is None:
             raise ConfigError(f"conditional: {cfg.data} has no class labels (labelled: digits)")
         dataset = dataset.labelled()
+    if cfg.context_columns:
+        dataset, info = context_columns(dataset, info, cfg.context_columns)
     if source == "test" or not cfg.valid_size:
         if split == "valid":
             raise ConfigError("this run has no validation split (valid_size is 0)")

@@ -83,7 +83,7 @@ class MaximumLikelihood(Objective):
         info = ctx.data.info
         test = ctx.data.test
         self.reference = torch.stack([test[i] for i in range(min(2000, len(test)))]) \
-            if info.kind == "vector" and info.dim == 2 else None
+            if info.kind == "vector" and info.dim == 2 and not info.context_features else None
 
     def loss(self, ctx, batch) -> tuple[Tensor, Tensor]:
         """``(mean NLL in nats per example + l2·Σθ², mean bits/dim)``: the cost on the authors'
@@ -127,8 +127,8 @@ class MaximumLikelihood(Objective):
     def pictures(self, ctx, model: Flow, path: Path) -> bool:
         """A sample grid (images) or samples beside the density (2-D data)."""
         cfg, info = ctx.cfg, ctx.data.info
-        if info.kind != "image" and info.dim != 2:
-            return False
+        if info.kind != "image" and (info.dim != 2 or model.context_features):
+            return False  # a density picture of a conditional vector model would need a context
         g = torch.Generator(device=ctx.device).manual_seed(cfg.seed)
         samples = model.sample(cfg.num_samples, cfg.sample_temperature, generator=g,
                                context=class_context(model, cfg.num_samples, ctx.device))
