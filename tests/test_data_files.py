@@ -111,6 +111,33 @@ def test_idx_plain_and_gzip(tmp_path, name, compressed):
     assert np.array_equal(test_ds.data[:, 0].numpy(), test)
 
 
+@pytest.mark.parametrize("compressed", [False, True])
+def test_idx_labels_beside_the_images(tmp_path, compressed):
+    images, labels = random_images(5, (28, 28)), bytes([3, 1, 4, 1, 5])
+    files = {"train-images-idx3-ubyte": idx3_bytes(images),
+             "train-labels-idx1-ubyte": struct.pack(">II", 2049, 5) + labels}
+    for name, data in files.items():
+        if compressed:
+            (tmp_path / (name + ".gz")).write_bytes(gzip.compress(data))
+        else:
+            (tmp_path / name).write_bytes(data)
+    ds, info = load_dataset("mnist", "train", data_dir=tmp_path)
+    assert info.num_classes == 10 and ds.labels.tolist() == [3, 1, 4, 1, 5]
+    image, label = ds.labelled()[2]
+    assert int(label) == 4 and np.array_equal(image[0].numpy(), images[2])
+
+
+@pytest.mark.parametrize("labels", [None, struct.pack(">II", 2049, 4) + bytes(4),
+                                    struct.pack(">II", 2049, 5) + bytes([0, 1, 2, 3, 10]),
+                                    struct.pack(">II", 2051, 5) + bytes(5)])
+def test_idx_without_usable_labels_is_unlabelled(tmp_path, labels):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(idx3_bytes(random_images(5, (28, 28))))
+    if labels is not None:
+        (tmp_path / "train-labels-idx1-ubyte").write_bytes(labels)
+    ds, info = load_dataset("mnist", "train", data_dir=tmp_path)
+    assert info.num_classes is None and ds.labels is None and len(ds) == 5
+
+
 def test_idx_torchvision_layout(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -159,8 +186,10 @@ def test_cifar_batches(tmp_path, writer):
     arrays = write_cifar(tmp_path, writer=writer)
     train, info = load_dataset("cifar10", "train", data_dir=tmp_path, augment=False)
     test, _ = load_dataset("cifar10", "test", data_dir=tmp_path / "cifar-10-batches-py")
-    assert info == DataInfo("cifar10", "image", (3, 32, 32), 256, flip=True)
+    assert info == DataInfo("cifar10", "image", (3, 32, 32), 256, flip=True, num_classes=10)
     assert (len(train), len(test)) == (20, 4)
+    labels = [1] * 20 if writer is py2_cifar_batch else [i % 10 for i in range(4)] * 5
+    assert train.labels.tolist() == labels  # each batch's b'labels'
     expected = np.concatenate([arrays[f"data_batch_{i}"] for i in range(1, 6)])
     assert np.array_equal(train.data.numpy(), expected)
     assert np.array_equal(test[1].numpy(), arrays["test_batch"][1])  # test split: no flips

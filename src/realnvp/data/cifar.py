@@ -64,6 +64,20 @@ def read_batch(path: Path) -> np.ndarray:
     return data.reshape(-1, 3, 32, 32)
 
 
+def read_labels(path: Path, count: int) -> np.ndarray | None:
+    """The batch's ``b'labels'`` (classes 0..9) as int64, or ``None`` when it has none that fit
+    (the images are still usable; only a class-conditional model needs them)."""
+    batch = safe_load(path.read_bytes())
+    labels = batch.get(b"labels", batch.get("labels")) if isinstance(batch, dict) else None
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        return None
+    if labels.shape != (count,) or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+        return None
+    return labels
+
+
 def find_root(data_dir: Path) -> Path | None:
     for candidate in (data_dir, data_dir / FOLDER):
         if (candidate / TEST_FILES[0]).is_file() or (candidate / TRAIN_FILES[0]).is_file():
@@ -80,8 +94,12 @@ def load_cifar_split(root: Path, split: str, augment: bool) -> tuple[ArrayImageD
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         raise DataError(missing_message("cifar10", folder, missing, can_download=True))
-    images = np.concatenate([read_batch(folder / n) for n in names])
+    batches = [read_batch(folder / n) for n in names]
+    images = np.concatenate(batches)
     if len(images) == 0:
         raise DataError(f"cifar10: the {split} batches in {folder} hold no images")
-    info = DataInfo("cifar10", "image", (3, 32, 32), 256, flip=True)
-    return ArrayImageDataset(images, flip=augment), info
+    labels = [read_labels(folder / n, len(b)) for n, b in zip(names, batches, strict=True)]
+    labels = None if any(lb is None for lb in labels) else np.concatenate(labels)
+    info = DataInfo("cifar10", "image", (3, 32, 32), 256, flip=True,
+                    num_classes=10 if labels is not None else None)
+    return ArrayImageDataset(images, flip=augment, labels=labels), info

@@ -20,10 +20,29 @@ from .info import DataInfo
 from .paths import missing_message
 
 IDX3_MAGIC = 2051
+IDX1_MAGIC = 2049
 HEADER = struct.Struct(">IIII")
 PREFIX = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
 # torchvision keeps the raw files in <root>/<Class>/raw; accept that layout too.
 SUBDIRS = ("", "raw", "MNIST/raw", "FashionMNIST/raw")
+
+
+def read_idx1_labels(images_path: Path, count: int) -> np.ndarray | None:
+    """The class labels beside an image file (``*-labels-idx1-ubyte``, plain or gzip: magic
+    2049, a count, one byte per label) as int64, or ``None`` when there is no such file or it does
+    not hold ``count`` labels in 0..9 (the images are usable without; only a class-conditional
+    model needs them)."""
+    path = images_path.with_name(images_path.name.replace("-images-idx3-", "-labels-idx1-"))
+    if not path.is_file():
+        return None
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error):
+        return None
+    if len(raw) != 8 + count or struct.unpack_from(">II", raw) != (IDX1_MAGIC, count):
+        return None
+    labels = np.frombuffer(raw, np.uint8, offset=8).astype(np.int64)
+    return labels if labels.max(initial=0) <= 9 else None
 
 
 def read_idx3(path: Path) -> np.ndarray:
@@ -80,5 +99,7 @@ def load_idx_split(
         raise DataError(f"{path}: images are {images.shape[1]}x{images.shape[2]}; expected 28x28")
     if len(images) == 0:
         raise DataError(f"{path}: the file holds no images")
-    info = DataInfo(name, "image", (1, 28, 28), 256, flip=False)
-    return ArrayImageDataset(images[:, None, :, :], flip=augment), info
+    labels = read_idx1_labels(path, len(images))
+    info = DataInfo(name, "image", (1, 28, 28), 256, flip=False,
+                    num_classes=10 if labels is not None else None)
+    return ArrayImageDataset(images[:, None, :, :], flip=augment, labels=labels), info
