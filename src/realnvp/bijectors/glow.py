@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..nets.context import Conditioned, ContextSlot
 from .base import Bijector, sum_except_batch, zero_log_det
 from .coupling import AdditiveCoupling, _Coupling
 from .masks import Halves
@@ -134,10 +135,11 @@ class GlowAffineCoupling(_Coupling):
     same map, so memory-saving backprop's fused step applies unchanged.
     """
 
-    def __init__(self, channels: int, hidden_channels: int = 512, edge_bias: bool = True):
+    def __init__(self, channels: int, hidden_channels: int = 512, edge_bias: bool = True,
+                 context: ContextSlot | None = None):
         mask = Halves(channels)
-        super().__init__(mask, GlowNet(mask.in_features, 2 * mask.out_features, hidden_channels,
-                                       edge_bias))
+        super().__init__(mask, _conditioned(GlowNet, mask.in_features, 2 * mask.out_features, context,
+                                            hidden_channels, edge_bias))
 
     def _scale_and_shift(self, h: Tensor, ndim: int) -> tuple[Tensor, Tensor]:
         raw = h[:, 1::2] + SCALE_OFFSET
@@ -149,9 +151,19 @@ class GlowAdditiveCoupling(AdditiveCoupling):
     channel halves ``x_a = x[:, :C//2]``, ``x_b = x[:, C//2:]``; log-det 0. Starts as the identity
     (the network's last layer is zero-initialised)."""
 
-    def __init__(self, channels: int, hidden_channels: int = 512, edge_bias: bool = True):
+    def __init__(self, channels: int, hidden_channels: int = 512, edge_bias: bool = True,
+                 context: ContextSlot | None = None):
         mask = Halves(channels)
-        super().__init__(mask, GlowNet(mask.in_features, mask.out_features, hidden_channels, edge_bias))
+        super().__init__(mask, _conditioned(GlowNet, mask.in_features, mask.out_features, context,
+                                            hidden_channels, edge_bias))
+
+
+def _conditioned(make, in_channels: int, out_channels: int, context: ContextSlot | None, *args):
+    """``make(in_channels, out_channels, *args)``, or for a conditional flow the same network
+    with the context's ``k`` channels added to its input (:class:`~realnvp.nets.context.Conditioned`)."""
+    if context is None:
+        return make(in_channels, out_channels, *args)
+    return Conditioned(make(in_channels + context.features, out_channels, *args), context)
 
 
 def _check(x: Tensor, channels: int, name: str) -> None:
@@ -179,12 +191,12 @@ class SplitPrior(Bijector):
 
     recomputable = True
 
-    def __init__(self, channels: int, edge_bias: bool = True):
+    def __init__(self, channels: int, edge_bias: bool = True, context: ContextSlot | None = None):
         super().__init__()
         if channels < 2 or channels % 2:
             raise ValueError(f"SplitPrior needs an even number of channels, got {channels}")
         self.channels = channels
-        self.net = ZeroConv2d(channels // 2, channels, 3, edge_bias)
+        self.net = _conditioned(ZeroConv2d, channels // 2, channels, context, 3, edge_bias)
 
     def prior(self, z1: Tensor) -> tuple[Tensor, Tensor]:
         """``(μ, log σ)`` of the factored half given the kept half ``z1``, each ``(B, C/2, H, W)``."""

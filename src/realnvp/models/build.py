@@ -31,7 +31,8 @@ def _image_model(cfg: Config, info: DataInfo) -> Flow:
                            logit_alpha=cfg.logit_alpha, trace=trace, **_ode_options(cfg))
     if cfg.model == "glow":
         return Glow(info.shape, num_levels=cfg.num_scales, steps_per_level=cfg.steps_per_level,
-                    hidden_channels=cfg.hidden_channels, coupling=cfg.coupling)
+                    hidden_channels=cfg.hidden_channels, coupling=cfg.coupling,
+                    context_features=info.num_classes if cfg.conditional else 0)
     return RealNVP(
         info.shape, num_scales=cfg.num_scales, hidden_channels=cfg.hidden_channels,
         num_blocks=cfg.num_blocks, coupling=cfg.coupling, batch_norm=cfg.batch_norm,
@@ -69,9 +70,9 @@ def build_model(cfg: Config, info: DataInfo) -> Flow:
     if cfg.model not in allowed:
         raise ConfigError(f"model {cfg.model} is not available for {info.kind} data ({info.name}); "
                           f"choose one of {', '.join(allowed)}")
-    if cfg.conditional and (info.kind != "image" or cfg.model != "realnvp"):
+    if cfg.conditional and (info.kind != "image" or cfg.model not in ("realnvp", "glow")):
         raise ConfigError(f"conditional: class-conditional training is available for the realnvp "
-                          f"image model on labelled data, not for {cfg.model} on {info.name}")
+                          f"and glow image models on labelled data, not for {cfg.model} on {info.name}")
     if info.context_features and cfg.model == "ffjord":
         raise ConfigError("context_columns: the ffjord model has no conditional version yet")
     if cfg.conditional and not info.num_classes:

@@ -15,6 +15,7 @@ from ..bijectors import (
     Squeeze,
 )
 from ..bijectors.glow import GlowAdditiveCoupling, GlowAffineCoupling, LearnedPrior, Shift, SplitPrior
+from ..nets.context import ContextSlot
 from .flow import Flow
 from .image import _logit_domain
 
@@ -63,6 +64,10 @@ class Glow(Flow):
 
     ``memory_saving=True`` trains with memory-saving backpropagation through the exact inverse
     (see :meth:`~realnvp.Flow.memory_saving_`): every level is a chain it supports.
+
+    ``context_features=k > 0``: the conditional flow ``p(x | c)`` (class-conditional with a
+    one-hot label): the ``(B, k)`` context reaches every coupling network and every split prior
+    as ``k`` constant input channels (the learned top prior stays unconditional).
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class Glow(Flow):
         edge_bias: bool = True,
         validate_args: bool = True,
         memory_saving: bool = False,
+        context_features: int = 0,
     ):
         c, h, w = in_shape
         if coupling not in GLOW_COUPLINGS:
@@ -96,9 +102,14 @@ class Glow(Flow):
             raise ValueError(
                 f"input {h}x{w} cannot be squeezed {num_levels} times (H and W must be divisible by {f})"
             )
+        slot = ContextSlot(context_features) if context_features else None
         stages = _levels(tuple(in_shape), num_levels, steps_per_level, hidden_channels, lu, coupling,
-                         learn_top, edge_bias)
+                         learn_top, edge_bias, slot)
+        if slot is not None:  # MultiScale probes each stage's output shape with one example
+            slot.value = torch.zeros(1, context_features)
         body = MultiScale(stages, tuple(in_shape))
+        if slot is not None:
+            slot.value = None
         support = None
         if preprocessing == "shift":
             bijector: Bijector = Sequential(Shift(-0.5), body)
@@ -107,17 +118,19 @@ class Glow(Flow):
             support = _logit_domain(logit_alpha)
         else:
             bijector = body
-        super().__init__(bijector, event_shape=in_shape, support=support, validate_args=validate_args)
+        super().__init__(bijector, event_shape=in_shape, support=support, validate_args=validate_args,
+                         context=slot)
         self.config = dict(
             in_shape=tuple(in_shape), num_levels=num_levels, steps_per_level=steps_per_level,
             hidden_channels=hidden_channels, lu=lu, coupling=coupling, learn_top=learn_top,
             preprocessing=preprocessing, logit_alpha=logit_alpha, edge_bias=edge_bias,
+            context_features=context_features,
         )
         if memory_saving:
             self.memory_saving_(True)
 
     @torch.no_grad()
-    def initialize_(self, x: Tensor) -> Glow:
+    def initialize_(self, x: Tensor, context: Tensor | None = None) -> Glow:
         """Data-dependent initialisation of every actnorm from the batch ``x`` (data as
         :meth:`log_prob` takes it), even those already initialised: one forward pass in training
         mode, each actnorm set from what reaches it through the layers before it (already
@@ -132,7 +145,7 @@ class Glow(Flow):
         modes = {m: m.training for m in self.modules()}
         self.train()
         try:
-            self.log_prob(x)
+            self.log_prob(x, context)
         finally:
             for m, mode in modes.items():
                 m.train(mode)
@@ -140,7 +153,8 @@ class Glow(Flow):
 
 
 def _levels(in_shape: tuple[int, int, int], num_levels: int, steps: int, hidden: int, lu: bool,
-            coupling: str, learn_top: bool, edge_bias: bool) -> list[Bijector]:
+            coupling: str, learn_top: bool, edge_bias: bool,
+            context: ContextSlot | None = None) -> list[Bijector]:
     """One :class:`Sequential` per level (see :class:`Glow`), built layer by layer in order (the
     order in which the initial weights are drawn). Level k acts on ``(C_k, H_k, W_k)`` with
     ``(C_0, H_0, W_0) = in_shape``; its squeeze makes it ``(4C, H/2, W/2)``; its split halves C."""
@@ -151,9 +165,9 @@ def _levels(in_shape: tuple[int, int, int], num_levels: int, steps: int, hidden:
         c, h, w = 4 * c, h // 2, w // 2
         layers: list[Bijector] = [Squeeze()]
         for _ in range(steps):
-            layers += [ActNorm(c), Invertible1x1Conv(c, lu=lu), make_coupling(c, hidden, edge_bias)]
+            layers += [ActNorm(c), Invertible1x1Conv(c, lu=lu), make_coupling(c, hidden, edge_bias, context)]
         if k < num_levels - 1:
-            layers.append(SplitPrior(c, edge_bias))
+            layers.append(SplitPrior(c, edge_bias, context))
             c //= 2
         elif learn_top:
             layers.append(LearnedPrior(c, h, w, edge_bias))
