@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from helpers import cli, jacobian_log_dets, metrics_rows
+from helpers import cli, jacobian_log_dets, metrics_rows, one_line
 from realnvp.bijectors import Bijector, NoDensityDirection, Planar, Radial, Sequential
 from realnvp.config import Config
 from realnvp.models import Flow
@@ -277,6 +277,21 @@ def test_realnvp_fit_end_to_end_and_resume_equals_an_uninterrupted_run(tmp_path,
     assert code == 0, err
     assert metrics_rows(parts) == metrics_rows(whole)
     assert json.loads((parts / "eval.json").read_text())["kl"] == pytest.approx(result["kl"], abs=1e-9)
+
+
+def test_the_run_commands_on_a_fit_run(tmp_path, capsys):
+    import numpy as np
+
+    run = tmp_path / "fit"
+    assert cli(capsys, "fit", *TINY, "--out", run)[0] == 0
+    code, out, _ = cli(capsys, "info", run)
+    assert code == 0 and "fitted posterior" in out and "KL(q‖p)" in out
+    assert cli(capsys, "sample", run, "-n", "5", "-o", run / "q.npy")[0] == 0
+    assert np.load(run / "q.npy").shape == (5, 2)
+    assert cli(capsys, "sample", run, "-n", "50", "-o", run / "q.png")[0] == 0
+    for command in (["eval", run], ["score", run, run / "q.npy"], ["interpolate", run]):
+        code, _, err = cli(capsys, *command)
+        assert code == 2 and "is a run of realnvp fit: it has no data" in one_line(err)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -58,6 +58,23 @@ def read_run_files(path: str | Path) -> tuple[Path, Config, DataInfo]:
     return path, cfg, info
 
 
+def is_fit_run(path: Path) -> bool:
+    """Whether ``path`` is a run of ``realnvp fit`` (a posterior fitted to a target, no data)."""
+    from .training.variational import FIT_FILE
+
+    return (path / FIT_FILE).is_file()
+
+
+def run_model(path: Path, cfg: Config, info: DataInfo) -> torch.nn.Module:
+    """The (untrained) model of a run: the posterior of a ``realnvp fit`` run, the configuration's
+    flow otherwise."""
+    if is_fit_run(path):
+        from .training.variational import posterior_from_spec, read_fit_spec
+
+        return posterior_from_spec(read_fit_spec(path), info.dim)
+    return build_model(cfg, info)
+
+
 def load_state(model: torch.nn.Module, tensors: dict, prefix: str, source: Path) -> None:
     """Load the ``prefix``-ed tensors into ``model``; a clear error if they do not fit."""
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -88,7 +105,7 @@ def load_run(path: str | Path, which: str = "best", device: str | torch.device =
         tensors, meta, source = checkpoint.load_with_fallback(ckpt, warn=warn)
     except checkpoint.CheckpointError as e:
         raise RunError(str(e)) from e
-    model = build_model(cfg, info)
+    model = run_model(path, cfg, info)
     prefix = "ema." if use_ema and any(k.startswith("ema.") for k in tensors) else "model."
     load_state(model, tensors, prefix, source)
     return Run(path, cfg, info, model.to(device).eval(), meta)

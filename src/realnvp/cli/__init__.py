@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
-            raise UsageError("realnvp: choose a command: train, eval, sample, interpolate, score, "
+            raise UsageError("realnvp: choose a command: train, fit, eval, sample, interpolate, score, "
                              "info, export (realnvp --help)")
         return args.func(args)
     except (UsageError, ConfigError, DataError, RunError, CheckpointError, ExportError) as e:

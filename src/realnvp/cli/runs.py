@@ -44,7 +44,16 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+def _needs_data(run, command: str) -> None:
+    from ..runs import is_fit_run
+
+    if is_fit_run(run.path):
+        raise UsageError(f"{run.path} is a run of realnvp fit: it has no data for {command}; its "
+                         "bounds are in eval.json (realnvp info shows them), realnvp sample draws from q")
+
+
 def _unconditional(run, command: str) -> None:
+    _needs_data(run, command)
     if run.model.context_features:
         raise UsageError(f"{command} does not take class-conditional runs yet (their inputs would "
                          "need labels); eval and sample do")
@@ -57,6 +66,7 @@ def cmd_eval(args) -> int:
 
     out = writable_file(args.json) if args.json else None  # before the evaluation, not after
     run = _load(args)
+    _needs_data(run, "eval")
     cfg = run.config
     dataset, _ = load_split(cfg, args.split, args.data_dir, augment=False)
     seed_everything(args.seed)
@@ -71,7 +81,8 @@ def cmd_eval(args) -> int:
 
 def cmd_sample(args) -> int:
     from ..inputs import class_context, column_context, to_levels, to_pixels
-    from ..viz import image_grid, samples_and_density, save
+    from ..runs import is_fit_run
+    from ..viz import image_grid, samples_and_density, save, scatter_plot
 
     if args.n < 1:
         raise UsageError(f"-n must be >= 1, got {args.n}")
@@ -115,6 +126,8 @@ def cmd_sample(args) -> int:
                 np.savetxt(tmp, arr.reshape(arr.shape[0], -1), delimiter=",", fmt="%.6g")
     elif info.kind == "image":
         save(image_grid(to_pixels(x, info)), out)
+    elif info.dim == 2 and is_fit_run(run.path):  # q has no density direction to draw
+        save(scatter_plot(x), out)
     elif info.dim == 2 and run.model.context_features:
         raise UsageError("the density of a conditional run cannot be drawn; use -o FILE.csv or .npy")
     elif info.dim == 2:  # drawn in the model's (standardised) coordinates
@@ -204,12 +217,11 @@ def cmd_score(args) -> int:
 
 def cmd_info(args) -> int:
     from .. import checkpoint
-    from ..models.build import build_model
-    from ..runs import read_run_files
+    from ..runs import is_fit_run, read_run_files, run_model
     from ..training import State
 
     path, cfg, info = read_run_files(args.run)
-    model = build_model(cfg, info)
+    model = run_model(path, cfg, info)
     n_params = sum(p.numel() for p in model.parameters())
     state = {}
     last = path / "checkpoints" / "last.safetensors"
@@ -234,12 +246,17 @@ def cmd_info(args) -> int:
         return 0
     print(f"run          {path}")
     print(f"data         {info.name} {tuple(info.shape)}, K={info.num_levels}")
-    print(f"model        {cfg.model} ({type(model).__name__}), {n_params:,} parameters")
+    kind = "fitted posterior" if is_fit_run(path) else cfg.model
+    print(f"model        {kind} ({type(model).__name__}), {n_params:,} parameters")
     print(f"epochs       {summary['epochs_completed']} of {cfg.epochs} ({summary['steps']} steps)")
     best = summary["best_selection_score"]
     print(f"best score   {best:.4f} ({summary['selected_on']})"
           if isinstance(best, float) and math.isfinite(best) else "best score   -")
-    if result:
+    if result and is_fit_run(path):
+        from ..training.variational import summary as fit_summary
+
+        print(f"final eval   {fit_summary(result)}")
+    elif result:
         print_eval(result, prefix="final eval  ")
     if "error" in state:
         print(f"checkpoint   {state['error']}")

@@ -144,6 +144,13 @@ class ReverseKL(Objective):
 FIT_FILE = "fit.json"
 
 
+def posterior_from_spec(spec: dict, dim: int) -> Flow:
+    """The posterior flow a :func:`fit` run's ``fit.json`` describes, for ``dim`` dimensions."""
+    from ..vi.posteriors import build_posterior
+
+    return build_posterior(spec["flow"], dim, spec["length"], spec["hidden"])
+
+
 def read_fit_spec(run_dir: str | Path) -> dict:
     """The ``fit.json`` of a run that :func:`fit` wrote."""
     path = Path(run_dir) / FIT_FILE
@@ -171,7 +178,6 @@ def fit(cfg: Config, run_dir: str | Path, log_target=None, *, target: str | None
     call). ``seams``: the trainer's other keyword arguments (``max_steps``, ``time_budget``,
     ``quiet``, ``log``, ...).
     """
-    from ..vi.posteriors import build_posterior
     from ..vi.targets import get_target
     from .trainer import Trainer
 
@@ -192,7 +198,7 @@ def fit(cfg: Config, run_dir: str | Path, log_target=None, *, target: str | None
     data = sample_steps(name, dim, spec["steps_per_epoch"], cfg.batch_size)
 
     def posterior(cfg_: Config, info: DataInfo) -> Flow:
-        return build_posterior(spec["flow"], info.dim, spec["length"], spec["hidden"])
+        return posterior_from_spec(spec, info.dim)
 
     class _FitTrainer(Trainer):
         def setup(self):
@@ -221,4 +227,5 @@ def summary(result: dict) -> str:
     return line if math.isfinite(result["neg_elbo"]) else line + " (not finite)"
 
 
-__all__ = ["FIT_FILE", "Indices", "ReverseKL", "fit", "read_fit_spec", "sample_steps", "summary"]
+__all__ = ["FIT_FILE", "Indices", "ReverseKL", "fit", "posterior_from_spec", "read_fit_spec",
+           "sample_steps", "summary"]
