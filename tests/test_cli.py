@@ -231,7 +231,8 @@ def test_export_writes_density_and_sampler_equal_to_the_eager_model(tmp_path, ca
     code, out, err = cli(capsys, "export", digits_run, "-o", tmp_path / "served")
     assert code == 0, err
     info = json.loads((tmp_path / "served" / "export.json").read_text())
-    assert info["max_abs_difference"]["density"] <= 1e-5 and info["event_shape"] == [1, 8, 8]
+    # log-densities of ~100 nats in float32: 1e-4 absolute is round-off (~1e-6 relative)
+    assert info["max_abs_difference"]["density"] <= 1e-4 and info["event_shape"] == [1, 8, 8]
     model = load_run(digits_run, "best").model
     density = torch.export.load(str(tmp_path / "served" / "density.pt2")).module()
     sampler = torch.export.load(str(tmp_path / "served" / "sample.pt2")).module()
