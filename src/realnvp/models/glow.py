@@ -15,7 +15,7 @@ from ..bijectors import (
     Squeeze,
 )
 from ..bijectors.glow import GlowAdditiveCoupling, GlowAffineCoupling, LearnedPrior, Shift, SplitPrior
-from ..nets.context import ContextSlot
+from ..nets.context import ContextSlot, placeholder
 from .flow import Flow
 from .image import _logit_domain
 
@@ -105,11 +105,8 @@ class Glow(Flow):
         slot = ContextSlot(context_features) if context_features else None
         stages = _levels(tuple(in_shape), num_levels, steps_per_level, hidden_channels, lu, coupling,
                          learn_top, edge_bias, slot)
-        if slot is not None:  # MultiScale probes each stage's output shape with one example
-            slot.value = torch.zeros(1, context_features)
-        body = MultiScale(stages, tuple(in_shape))
-        if slot is not None:
-            slot.value = None
+        with placeholder(slot):  # MultiScale probes each stage's output shape with one example
+            body = MultiScale(stages, tuple(in_shape))
         support = None
         if preprocessing == "shift":
             bijector: Bijector = Sequential(Shift(-0.5), body)

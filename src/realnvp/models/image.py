@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from ..bijectors import (
     AdditiveCoupling,
     AffineCoupling,
@@ -20,7 +18,7 @@ from ..bijectors import (
     checkerboard_colour_order,
 )
 from ..nets import ResNet
-from ..nets.context import ContextSlot
+from ..nets.context import ContextSlot, placeholder
 from .flow import Flow
 
 COUPLINGS = {"affine": AffineCoupling, "additive": AdditiveCoupling}
@@ -101,11 +99,8 @@ class RealNVP(Flow):
         slot = ContextSlot(context_features) if context_features else None
         stages = _stages(in_shape, num_scales, hidden_channels, num_blocks, coupling, batch_norm,
                          bn_momentum, factor_out, slot)
-        if slot is not None:  # MultiScale probes each stage's output shape with one example
-            slot.value = torch.zeros(1, context_features)
-        body = MultiScale(stages, in_shape)
-        if slot is not None:
-            slot.value = None
+        with placeholder(slot):  # MultiScale probes each stage's output shape with one example
+            body = MultiScale(stages, in_shape)
         bijector = body if logit_alpha is None else Sequential(Logit(logit_alpha), body)
         super().__init__(
             bijector,

@@ -12,6 +12,8 @@ call has returned); a model is not meant to be called from two threads at once.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -51,6 +53,21 @@ class Conditioned(nn.Module):
         if h.dim() > 2:
             c = c.view(*c.shape, *([1] * (h.dim() - 2))).expand(-1, -1, *h.shape[2:])
         return self.net(torch.cat((h, c), dim=1))
+
+
+@contextlib.contextmanager
+def placeholder(slot: ContextSlot | None):
+    """Within the block the slot holds a ``(1, k)`` zero context (``None``: nothing to do), for
+    code that runs the networks on one example outside a call of the flow (a multi-scale
+    bijector probing its stages' output shapes at construction)."""
+    if slot is None:
+        yield
+        return
+    slot.value = torch.zeros(1, slot.features)
+    try:
+        yield
+    finally:
+        slot.value = None
 
 
 def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
