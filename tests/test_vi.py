@@ -289,7 +289,8 @@ def test_the_run_commands_on_a_fit_run(tmp_path, capsys):
     assert cli(capsys, "sample", run, "-n", "5", "-o", run / "q.npy")[0] == 0
     assert np.load(run / "q.npy").shape == (5, 2)
     assert cli(capsys, "sample", run, "-n", "50", "-o", run / "q.png")[0] == 0
-    for command in (["eval", run], ["score", run, run / "q.npy"], ["interpolate", run]):
+    for command in (["eval", run], ["score", run, run / "q.npy"], ["interpolate", run],
+                    ["latents", run, "-o", run / "scales.png"]):
         code, _, err = cli(capsys, *command)
         assert code == 2 and "is a run of realnvp fit: it has no data" in one_line(err)
 

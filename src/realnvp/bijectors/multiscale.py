@@ -7,6 +7,7 @@ parts, flattened: ``(B, C, H, W) -> (B, C·H·W)``.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -54,6 +55,14 @@ class MultiScale(Bijector):
         #: shapes (C, H, W) of the latent parts z_1 … z_S, in the order they are concatenated
         self.latent_shapes = factored
         self._sizes = [math.prod(s) for s in factored]
+
+    def scale_slices(self) -> list[slice]:
+        """Where each scale's part sits in the flat ``(B, D)`` latent: slice ``k`` holds the
+        coordinates of ``z_k`` (shape :attr:`latent_shapes` ``[k]`` flattened), finest scale
+        first (factored out after the first stage), coarsest (the last stage's output) last. The
+        slices are contiguous, in order, and cover ``0 … D−1`` exactly once."""
+        ends = list(itertools.accumulate(self._sizes))
+        return [slice(end - size, end) for size, end in zip(self._sizes, ends, strict=True)]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         parts, total = [], zero_log_det(x)

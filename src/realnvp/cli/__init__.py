@@ -1,4 +1,4 @@
-"""The ``realnvp`` command: train, eval, sample, interpolate, score, info, export.
+"""The ``realnvp`` command: train, fit, eval, sample, interpolate, latents, score, info, export.
 
 Every user error (unknown data set or option, a directory that is not a run, a checkpoint that
 does not fit, an output that cannot be written, bad input data) ends with one line on stderr and
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
-            raise UsageError("realnvp: choose a command: train, fit, eval, sample, interpolate, score, "
-                             "info, export (realnvp --help)")
+            raise UsageError("realnvp: choose a command: train, fit, eval, sample, interpolate, latents, "
+                             "score, info, export (realnvp --help)")
         return args.func(args)
     except (UsageError, ConfigError, DataError, RunError, CheckpointError, ExportError) as e:
         if debug:

@@ -1,4 +1,5 @@
-"""The commands that read a finished (or interrupted) run: eval, sample, interpolate, score, info."""
+"""The commands that read a finished (or interrupted) run: eval, sample, interpolate, latents, score,
+info, export."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from .common import UsageError, positive_int, print_eval, writable_dir, writable
 MAX_SAMPLES = 1_000_000
 SAMPLE_BATCH = 4096
 MAX_MANIFOLD_STEPS = 64
+#: The scale view's columns at most (each of its S + 1 rows decodes that many latents).
+MAX_LATENT_COLUMNS = 64
 
 
 def _device(name: str) -> torch.device:
@@ -178,6 +181,68 @@ def cmd_interpolate(args) -> int:
     return 0
 
 
+def _scale_slices(run) -> list[slice]:
+    """The run's per-scale latent coordinates; a one-line refusal for a run without scales."""
+    _unconditional(run, "latents")
+    if run.info.kind != "image":
+        raise UsageError(f"latents shows what each scale of a multi-scale image model encodes; "
+                         f"{run.path} is a {run.info.kind} run ({run.config.model})")
+    try:
+        slices = run.model.scale_slices()
+    except ValueError as e:
+        raise UsageError(f"latents: {e}") from None
+    if len(slices) < 2:
+        raise UsageError(f"latents: this {run.config.model} model has a single scale "
+                         "(num_scales=1): there is nothing to keep apart")
+    return slices
+
+
+def _latents_source(args, run, device) -> tuple[torch.Tensor | None, str]:
+    """The latent ``(1, D)`` of ``--image`` (a test index or an image file; ``None`` for
+    ``sample``) and words for it."""
+    from ..inputs import pixels_to_unit
+    from ..score import read_inputs
+    from ..training import load_split
+
+    if args.image == "sample":
+        return None, f"a sample (seed {args.seed})"
+    if args.image.isdigit():
+        dataset, _ = load_split(run.config, "test", args.data_dir, augment=False)
+        i = int(args.image)
+        if i >= len(dataset):
+            raise UsageError(f"--image {i}: the test split has examples 0 to {len(dataset) - 1}")
+        x, what = dataset[i][None], f"test example {i}"
+    else:
+        x, what = read_inputs([args.image], run.info)[0][1][:1], args.image
+    return run.model.encode(pixels_to_unit(x, run.info).to(device)), what
+
+
+def cmd_latents(args) -> int:
+    from ..inputs import to_pixels
+    from ..latents import scale_rows
+    from ..viz import image_grid, save
+
+    if not 1 <= args.n <= MAX_LATENT_COLUMNS:
+        raise UsageError(f"-n must be in [1, {MAX_LATENT_COLUMNS}], got {args.n}")
+    if not 0 <= args.temperature < float("inf"):
+        raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    out = writable_file(args.output)
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"-o {out}: latents writes a picture; give a .png file")
+    run = _load(args)
+    _scale_slices(run)
+    device = next(run.model.parameters()).device
+    with torch.no_grad():
+        z, what = _latents_source(args, run, device)
+    g = torch.Generator(device).manual_seed(args.seed)
+    images, keeps = scale_rows(run.model, z, args.n, args.temperature, generator=g)
+    save(image_grid(to_pixels(images.cpu(), run.info), nrow=args.n), out)
+    print(f"wrote the scale view of {what} to {out}: {len(keeps)} rows (keeping the coarsest "
+          f"{', '.join(map(str, keeps))} of {keeps[0]} scales) x {args.n} draws of the rest at "
+          f"temperature {args.temperature}")
+    return 0
+
+
 def cmd_score(args) -> int:
     from ..evaluate import nats_per_example, per_example_bits_per_dim
     from ..runtime import seed_everything
@@ -330,6 +395,20 @@ def add_parsers(sub) -> None:
     i.add_argument("--indices", type=int, nargs=4)
     i.add_argument("--data-dir")
     i.set_defaults(func=cmd_interpolate)
+
+    t = sub.add_parser("latents", help="what each scale encodes: keep the coarsest k scales of "
+                       "an image's latent, resample the rest (paper App. D); one row per k")
+    run_args(t, "last")
+    t.add_argument("-o", "--output", default="scales.png", help="PNG file")
+    t.add_argument("--image", default="0", metavar="INDEX|FILE|sample",
+                   help="a test example's index (default 0), an image file or .npy array as score "
+                        "reads them (its first image), or 'sample' (a sample of the model)")
+    t.add_argument("--temperature", type=float, default=0.7,
+                   help="the prior's standard deviation for the resampled scales")
+    t.add_argument("-n", type=int, default=8,
+                   help=f"columns: resampled draws per row (at most {MAX_LATENT_COLUMNS})")
+    t.add_argument("--data-dir")
+    t.set_defaults(func=cmd_latents)
 
     c = sub.add_parser("score", help="per-example bits/dim of new images or rows, as CSV (rows "
                        "counted from 1; continuous data in the input's units)")

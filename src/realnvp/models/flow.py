@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..bijectors import Bijector, Sequential
+from ..bijectors import Bijector, MultiScale, Sequential
 from ..nets import weight_norm_magnitudes
 from ..nets.context import ContextSlot
 
@@ -146,6 +146,18 @@ class Flow(nn.Module):
         """Data ``(B, *event_shape)`` to latent ``(B, D)``; the exact inverse of :meth:`decode`
         in eval mode."""
         return self.forward_with_log_det(x, context)[0]
+
+    def scale_slices(self) -> list[slice]:
+        """The coordinates of the flat ``(B, D)`` latent that belong to each scale of a
+        multi-scale flow (one whose bijector ends in a :class:`~realnvp.bijectors.MultiScale`,
+        after elementwise preprocessing such as the logit): finest scale first, coarsest last;
+        see :meth:`MultiScale.scale_slices`. A ``ValueError`` for a flow without scales."""
+        body = self.bijector
+        if isinstance(body, Sequential) and len(body):
+            body = body[-1]
+        if not isinstance(body, MultiScale):
+            raise ValueError(f"{type(self).__name__} is not a multi-scale flow: its latent has no scales")
+        return body.scale_slices()
 
     def _check_latent(self, z: Tensor) -> None:
         if not isinstance(z, Tensor):
