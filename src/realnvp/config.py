@@ -56,6 +56,10 @@ class Config:
     kinetic_energy: float = 0.0
     jacobian_norm: float = 0.0
     max_nfe: int = 10000
+    # image data: how levels become a density's input (uniform noise or a learned q(u|x))
+    dequantization: str = "uniform"
+    dequant_steps: int = 4
+    dequant_hidden: int = 32
     # optimisation (paper / authors' code)
     epochs: int = 15
     batch_size: int = 64
@@ -143,6 +147,11 @@ HELP = {
     "kinetic_energy": "ffjord: weight of RNODE's kinetic energy ∫‖f‖² dt in the loss (0: off)",
     "jacobian_norm": "ffjord: weight of RNODE's Jacobian Frobenius norm ∫‖εᵀ∂f/∂z‖² dt (0: off)",
     "max_nfe": "ffjord: function evaluations one ODE solve may take before it stops with an error",
+    "dequantization": "image data: uniform noise (the paper's bound) or variational, a learned "
+                      "flow q(u|x) trained with the model (Flow++)",
+    "dequant_steps": "variational dequantizer: checkerboard couplings after its x-conditioned "
+                     "elementwise one",
+    "dequant_hidden": "variational dequantizer: channels of its networks",
     "epochs": "passes over the training split",
     "batch_size": "examples per step and process",
     "lr": "Adam's learning rate",
@@ -181,13 +190,15 @@ def describe_keys() -> str:
                      for f in dataclasses.fields(Config))
 
 
+DEQUANTIZATIONS = ("uniform", "variational")
 MODELS = ("realnvp", "glow", "maf", "iaf", "nsf-coupling", "nsf-autoregressive", "ffjord")
 ODE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint", "rk4",
                "explicit_adams", "implicit_adams")
 _CHOICES = {"model": MODELS, "coupling": ("affine", "additive"),
             "factor_out": ("checkerboard", "channels"), "lr_schedule": ("constant", "cosine"),
             "precision": PRECISIONS, "device": DEVICES, "ode_solver": ODE_SOLVERS,
-            "trace_estimator": ("auto", "exact", "hutchinson")}
+            "trace_estimator": ("auto", "exact", "hutchinson"),
+            "dequantization": DEQUANTIZATIONS}
 _FINITE_POSITIVE = (lambda v: 0 < v < math.inf, "a finite number > 0")
 _NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 #: Every range check but the positive integers': (key, test, what is expected).
@@ -209,7 +220,8 @@ _RANGES = [
 ]
 _POSITIVE = ("num_scales", "steps_per_level", "bins", "hidden_channels", "num_blocks",
              "num_couplings", "hidden", "epochs", "batch_size", "eval_batch_size",
-             "eval_dequant_samples", "num_samples", "max_bad_steps", "max_nfe")
+             "eval_dequant_samples", "num_samples", "max_bad_steps", "max_nfe", "dequant_steps",
+             "dequant_hidden")
 
 
 def _coerce(cfg: Config) -> Config:

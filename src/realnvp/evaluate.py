@@ -28,19 +28,22 @@ def nats_per_example(bits_per_dim, num_dims: int):
 
 @torch.no_grad()
 def per_draw_log_likelihoods(model: Flow, x: torch.Tensor, info: DataInfo, draws: int = 1,
-                             precision: str = "fp32", context: torch.Tensor | None = None) -> torch.Tensor:
-    """``(B, draws)`` float64 ``log p(y_s)`` (``log p(y_s | context)``) in nats, each for a fresh
-    dequantization ``y_s`` of the batch (one draw for continuous data), as the model's density on
-    ``[0, 1)^D``."""
+                             precision: str = "fp32", context: torch.Tensor | None = None,
+                             dequantizer=None) -> torch.Tensor:
+    """``(B, draws)`` float64 bounds in nats, one per fresh dequantization ``y_s = (x + u_s)/K``,
+    ``u_s ~ q(u|x)``: ``log p(y_s) − log q(u_s|x)`` (``log p(y_s | context)`` for a conditional
+    model), the model's density on ``[0, 1)^D`` less the dequantizer's (``dequantizer=None``:
+    uniform noise, ``log q = 0``); one draw, ``log p(x)``, for continuous data."""
     device = next(model.parameters()).device
     if context is not None:
         context = context.to(device)
     draws = draws if info.kind == "image" else 1
     out = []
     for _ in range(draws):
-        y, _ = model_input(x.to(device), info)
+        y, log_q = model_input(x.to(device), info, dequantizer=dequantizer)
         with autocast(device, precision):
-            out.append(model.log_prob(y, context).double())
+            log_p = model.log_prob(y, context).double()
+        out.append(log_p if log_q is None else log_p - log_q.double())
     return torch.stack(out, dim=1)
 
 
@@ -51,9 +54,11 @@ def importance_weighted(log_p: torch.Tensor) -> torch.Tensor:
 
 
 def per_example_bits_per_dim(model: Flow, x: torch.Tensor, info: DataInfo, dequant_samples: int = 1,
-                             precision: str = "fp32") -> torch.Tensor:
-    """``(B,)`` bits/dim of a batch (nats → bits; discrete data: dequantized, noise averaged)."""
-    log_p = per_draw_log_likelihoods(model, x, info, dequant_samples, precision)
+                             precision: str = "fp32", dequantizer=None) -> torch.Tensor:
+    """``(B,)`` bits/dim of a batch (nats → bits; discrete data: dequantized by ``dequantizer``,
+    the bound averaged over the draws)."""
+    log_p = per_draw_log_likelihoods(model, x, info, dequant_samples, precision,
+                                     dequantizer=dequantizer)
     return bits_per_dim(log_p, info.dim, info.num_levels).mean(dim=1)
 
 
@@ -81,10 +86,11 @@ def summarize(bpd: torch.Tensor, info: DataInfo, iw_bpd: torch.Tensor | None = N
 @torch.no_grad()
 def evaluate(model: Flow, dataset: Dataset, info: DataInfo, batch_size: int = 256,
              dequant_samples: int = 1, precision: str = "fp32", progress: bool = False,
-             importance_samples: int | None = None) -> dict:
+             importance_samples: int | None = None, dequantizer=None) -> dict:
     """Bits/dim of ``dataset`` under ``model`` in eval mode (the mode is restored afterwards).
 
-    Discrete data: ``bits_per_dim`` is the mean over ``dequant_samples`` noise draws of the bound;
+    Discrete data, dequantized by ``dequantizer`` (also in eval mode; ``None``: uniform noise):
+    ``bits_per_dim`` is the mean over ``dequant_samples`` noise draws of the bound;
     ``importance_weighted_bpd`` the :func:`importance_weighted` estimate over the first
     ``importance_samples`` draws (default: as many; the draws are shared, so for S = S' the two
     come from the same noise).
@@ -94,8 +100,9 @@ def evaluate(model: Flow, dataset: Dataset, info: DataInfo, batch_size: int = 25
     iw = importance_samples if importance_samples is not None else dequant_samples
     discrete = info.kind == "image"
     draws = max(dequant_samples, iw) if discrete else 1
-    was_training = model.training
-    model.eval()
+    modes = [(m, m.training) for m in (model, dequantizer) if m is not None]
+    for m, _ in modes:
+        m.eval()
     # Its own generator, so that iterating does not draw from the global RNG (which supplies the
     # dequantization noise): the figures then depend only on the seed, not on the batch size.
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
@@ -104,10 +111,12 @@ def evaluate(model: Flow, dataset: Dataset, info: DataInfo, batch_size: int = 25
 
         loader = tqdm(loader, desc="eval", leave=False)
     try:
-        log_p = torch.cat([per_draw_log_likelihoods(model, x, info, draws, precision, context).cpu()
+        log_p = torch.cat([per_draw_log_likelihoods(model, x, info, draws, precision, context,
+                                                    dequantizer).cpu()
                            for x, context in (batch_parts(b, info) for b in loader)])
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.train(mode)
     bpd = bits_per_dim(log_p[:, :dequant_samples if discrete else 1], info.dim, info.num_levels)
     iw_bpd = bits_per_dim(importance_weighted(log_p[:, :iw]), info.dim, info.num_levels) \
         if discrete else None
@@ -115,6 +124,22 @@ def evaluate(model: Flow, dataset: Dataset, info: DataInfo, batch_size: int = 25
     result["dequant_samples"] = dequant_samples if discrete else 0
     if discrete:
         result["importance_samples"] = iw
+    return result
+
+
+def evaluate_side_by_side(model: Flow, dataset: Dataset, info: DataInfo, *args, dequantizer=None,
+                          **kwargs) -> dict:
+    """:func:`evaluate` (same arguments) with the run's ``dequantizer``; for a learned one the
+    figures of uniform noise beside them, for the same model and data: ``uniform_bits_per_dim``
+    and ``uniform_importance_weighted_bpd`` (with their standard errors), the paper's bound, and
+    ``dequantization``: ``"variational"``."""
+    result = evaluate(model, dataset, info, *args, dequantizer=dequantizer, **kwargs)
+    if dequantizer is not None:
+        uniform = evaluate(model, dataset, info, *args, **kwargs)
+        result["dequantization"] = "variational"
+        for key in ("bits_per_dim", "bits_per_dim_stderr", "importance_weighted_bpd",
+                    "importance_weighted_bpd_stderr"):
+            result[f"uniform_{key}"] = uniform[key]
     return result
 
 

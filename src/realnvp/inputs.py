@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .bijectors import Dequantize
 from .data import DataInfo
+from .models.dequantization import UniformDequantizer
 
 
 def batch_parts(batch, info: DataInfo, device=None) -> tuple[Tensor, Tensor | None]:
@@ -61,19 +62,24 @@ def column_context(values: list[float] | None, info: DataInfo, n: int, device) -
     return c.expand(n, k).to(device)
 
 
-def model_input(x: Tensor, info: DataInfo, dtype=torch.float32, shard: tuple[int, int] = (0, 1)
-                ) -> tuple[Tensor, Tensor | None]:
-    """A data batch ``(B, *shape)`` to the model's input space: ``(y, log_det)``.
+def model_input(x: Tensor, info: DataInfo, dtype=torch.float32, shard: tuple[int, int] = (0, 1),
+                dequantizer=None) -> tuple[Tensor, Tensor | None]:
+    """A data batch ``(B, *shape)`` to the model's input space: ``(y, log_q)``.
 
-    Images are dequantized to ``y = (x + u)/K`` with fresh noise from the global RNG; ``log_det``
-    ``(B,)`` is that scaling's ``−D ln K``. Vectors pass through with ``log_det = None``.
-    ``shard = (rank, world)``: this batch holds rows ``rank::world`` of a global batch (see
-    :meth:`Dequantize.forward`), so every process count sees the same noise for an example.
+    Images are dequantized to ``y = (x + u)/K``, ``u ~ q(u|x)`` from ``dequantizer`` (a
+    :mod:`~realnvp.models.dequantization` module, or its DDP wrapper; ``None``: uniform noise from
+    the global RNG); ``log_q`` ``(B,)`` is ``log q(u|x)`` in nats (0 for uniform noise), so that
+    ``log p(y) − log_q`` enters :func:`~realnvp.bits_per_dim` as the bound on ``log P(x)``.
+    Vectors pass through with ``log_q = None``. ``shard = (rank, world)``: this batch holds rows
+    ``rank::world`` of a global batch (see :func:`~realnvp.bijectors.preprocessing.shard_noise`),
+    so every process count sees the same noise for an example.
     """
     x = x.to(dtype)
     if info.kind != "image":
         return x, None
-    return Dequantize(info.num_levels)(x, shard=shard)
+    q = dequantizer if dequantizer is not None else UniformDequantizer(info.num_levels)
+    u, log_q = q(x, shard)
+    return Dequantize(info.num_levels)(x, noise=u)[0], log_q
 
 
 def to_levels(y: Tensor, info: DataInfo) -> Tensor:

@@ -17,7 +17,7 @@ from . import checkpoint
 from .config import Config, ConfigError
 from .data import DataError, DataInfo
 from .models import Flow
-from .models.build import build_model
+from .models.build import build_dequantizer, build_model
 
 #: The checkpoints a run keeps: the last one written, and the one with the best selection score.
 CHECKPOINTS = ("best", "last")
@@ -34,6 +34,9 @@ class Run:
     info: DataInfo
     model: Flow
     meta: dict
+    #: the learned ``q(u|x)`` of a ``dequantization = variational`` run (eval mode); ``None``
+    #: for uniform noise
+    dequantizer: torch.nn.Module | None = None
 
     @property
     def checkpoint_path(self) -> Path:
@@ -108,4 +111,8 @@ def load_run(path: str | Path, which: str = "best", device: str | torch.device =
     model = run_model(path, cfg, info)
     prefix = "ema." if use_ema and any(k.startswith("ema.") for k in tensors) else "model."
     load_state(model, tensors, prefix, source)
-    return Run(path, cfg, info, model.to(device).eval(), meta)
+    dequantizer = None if is_fit_run(path) else build_dequantizer(cfg, info)
+    if dequantizer is not None:
+        load_state(dequantizer, tensors, "objective.dequantizer.", source)
+        dequantizer = dequantizer.to(device).eval()
+    return Run(path, cfg, info, model.to(device).eval(), meta, dequantizer)

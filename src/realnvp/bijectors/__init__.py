@@ -16,7 +16,7 @@ from .glow import (
     ZeroConv2d,
 )
 from .linear import Invertible1x1Conv
-from .masks import Checkerboard, Halves, Mask, checkerboard
+from .masks import Checkerboard, Halves, Mask, Unmasked, checkerboard
 from .multiscale import MultiScale
 from .normalization import ActNorm, BatchNorm
 from .planar import NoDensityDirection, Planar
@@ -34,6 +34,7 @@ __all__ = [
     "CNF",
     "ChannelPermutation",
     "Checkerboard",
+    "Unmasked",
     "Dequantize",
     "ElementwiseAffine",
     "GlowAdditiveCoupling",

@@ -83,6 +83,25 @@ class Checkerboard(Mask):
         return f"parity={self.parity}"
 
 
+class Unmasked(Mask):
+    """Every entry is transformed and none conditions: the network sees a zero-channel input (a
+    conditional network then reads only its context), so the coupling is an elementwise affine
+    map whose scale and shift depend on the context alone. ``(B, C, ...)`` inputs."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.in_features, self.out_features = 0, channels
+
+    def condition(self, x: Tensor) -> Tensor:
+        return x[:, :0]
+
+    def active(self, x: Tensor) -> Tensor:
+        return x
+
+    def merge(self, x: Tensor, active: Tensor, cond: Tensor | None = None) -> Tensor:
+        return active
+
+
 class Halves(Mask):
     """Split dimension 1 into ``[:k]`` and ``[k:]`` with ``k = features // 2``.
 

@@ -35,6 +35,24 @@ def bits_per_dim(log_prob: Tensor, num_dims: int, num_levels: int | None = 256) 
     return nll / (num_dims * math.log(2.0))
 
 
+def shard_noise(draw, like: Tensor, shard: tuple[int, int] = (0, 1)) -> Tensor:
+    """Noise of ``like``'s shape, dtype and device from ``draw`` (``torch.rand``, ``torch.randn``)
+    for a batch that holds rows ``rank::world`` of a global batch of ``B·world`` rows (as a
+    distributed sampler deals them out to ``world`` processes, ``B`` rows each).
+
+    The noise is drawn for the whole global batch and rows ``rank::world`` are kept: every
+    process count gives each example the same noise from the same seed, and the RNG moves on by
+    a global batch on every process. ``world = 1`` (the default) draws ``like``'s shape, the
+    same stream.
+    """
+    rank, world = shard
+    if not (world >= 1 and 0 <= rank < world):
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+    shape = (like.shape[0] * world, *like.shape[1:])
+    u = draw(shape, dtype=like.dtype, device=like.device)
+    return u if world == 1 else u[rank::world]
+
+
 class Dequantize(Bijector):
     """Uniform dequantization ``y = (x + u) / K`` of integer data in ``[0, K−1]``.
 
@@ -73,31 +91,22 @@ class Dequantize(Bijector):
         dtype = torch.promote_types(x.dtype, torch.float32)
         return torch.full((x.shape[0],), -d * math.log(self.num_levels), dtype=dtype, device=x.device)
 
-    def forward(self, x: Tensor, shard: tuple[int, int] = (0, 1)) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, shard: tuple[int, int] = (0, 1),
+                noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``x`` ``(B, ...)`` integer levels (any dtype; non-float input becomes float32) ->
         ``(y, log_det)``: ``y`` of ``x``'s shape in ``[0, 1)``, ``log_det`` ``(B,)`` nats, ``−D ln K``
         per example with ``D = x[0].numel()``.
 
-        ``shard = (rank, world)``: ``x`` holds rows ``rank::world`` of a global batch of
-        ``B·world`` rows (as a distributed sampler deals them out to ``world`` processes, ``B``
-        rows each). The noise is drawn for the whole global batch, ``torch.rand((B·world, ...))``,
-        and rows ``rank::world`` are kept: every process count gives each example the same noise
-        from the same seed, and the RNG moves on by a global batch on every process. ``world = 1``
-        (the default) draws ``torch.rand_like(x)``, the same stream. The input check and the
-        bin-edge correction apply either way.
+        ``noise``: the offsets ``u ∈ [0, 1)`` of ``x``'s shape, drawn by the caller (a learned
+        dequantizer's, :mod:`realnvp.models.dequantization`); ``None`` draws them uniformly from
+        the global RNG with :func:`shard_noise` (``shard = (rank, world)``: see there). The input
+        check and the bin-edge correction apply either way.
         """
-        rank, world = shard
-        if not (world >= 1 and 0 <= rank < world):
-            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
         x = x if x.is_floating_point() else x.float()
         if self.validate_args and x.numel():
             self._check(x)
-        if world == 1:
-            u = torch.rand_like(x)
-        else:
-            u = torch.rand((x.shape[0] * world, *x.shape[1:]), dtype=x.dtype, device=x.device)
-            u = u[rank::world]
-        return self._in_bins((x + u) / self.num_levels, x), self._log_det(x)
+        u = noise if noise is not None else shard_noise(torch.rand, x, shard)
+        return self._in_bins((x + u.to(x.dtype)) / self.num_levels, x), self._log_det(x)
 
     def _in_bins(self, y: Tensor, x: Tensor) -> Tensor:
         """``y ≈ (x + u)/K`` moved into its bin ``[x/K, (x+1)/K)`` where rounding left it out.

@@ -72,6 +72,8 @@ def print_eval(result: dict, prefix: str) -> None:
     baseline below it."""
     n = result["num_examples"]
     bpd = f"{result['bits_per_dim']:.4f} ± {result['bits_per_dim_stderr']:.4f} bits/dim"
+    if result.get("dequantization") == "variational":
+        bpd += " (variational dequantization)"
     if "nll_nats" in result:
         line = (f"{prefix}: NLL {result['nll_nats']:.4f} ± {result['nll_nats_stderr']:.4f} nats "
                 f"({bpd}) over {n} examples")
@@ -87,5 +89,8 @@ def print_eval(result: dict, prefix: str) -> None:
         print(f"  importance-weighted over {result['importance_samples']} draws: "
               f"{result['importance_weighted_bpd']:.4f} ± {result['importance_weighted_bpd_stderr']:.4f}"
               " bits/dim")
+    if "uniform_bits_per_dim" in result:
+        print(f"  the same model with uniform dequantization: {result['uniform_bits_per_dim']:.4f} "
+              f"bits/dim, importance-weighted {result['uniform_importance_weighted_bpd']:.4f}")
     if result.get("histogram_baseline_bpd") is not None:
         print(f"  (per-pixel histogram baseline: {result['histogram_baseline_bpd']:.4f} bits/dim)")

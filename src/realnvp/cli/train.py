@@ -26,6 +26,7 @@ TRAIN_FLAGS = {  # option -> (config key, type)
     "--warmup-steps": ("warmup_steps", int), "--image-size": ("image_size", int),
     "--num-workers": ("num_workers", int), "--threads": ("threads", int),
     "--context-columns": ("context_columns", _columns),
+    "--dequantization": ("dequantization", str),
 }
 
 
@@ -115,10 +116,11 @@ class _ListKeys(argparse.Action):
 
 
 def add_parser(sub) -> None:
-    from ..config import DEVICES, HELP, MODELS
+    from ..config import DEQUANTIZATIONS, DEVICES, HELP, MODELS
     from ..precision import PRECISIONS
 
-    choices = {"device": DEVICES, "precision": PRECISIONS, "model": MODELS}
+    choices = {"device": DEVICES, "precision": PRECISIONS, "model": MODELS,
+               "dequantization": DEQUANTIZATIONS}
     t = sub.add_parser("train", help="train a model (default: the embedded digits data set)")
     t.add_argument("--config", help="JSON configuration file, or the name of one in configs/")
     for flag, (key, typ) in TRAIN_FLAGS.items():

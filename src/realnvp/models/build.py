@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config import Config, ConfigError
 from ..data import DataInfo
 from .autoregressive import IAF, MAF, NSFAutoregressive, NSFCoupling
+from .dequantization import VariationalDequantizer
 from .ffjord import FFJORD, FFJORDImage
 from .flow import Flow
 from .glow import Glow
@@ -81,3 +82,15 @@ def build_model(cfg: Config, info: DataInfo) -> Flow:
         return (_image_model if info.kind == "image" else _vector_model)(cfg, info)
     except ValueError as e:
         raise ConfigError(f"cannot build the {cfg.model} model for {info.name} {info.shape}: {e}") from e
+
+
+def build_dequantizer(cfg: Config, info: DataInfo) -> VariationalDequantizer | None:
+    """The learned dequantizer ``q(u|x)`` of ``dequantization = variational`` runs, for the data
+    set's images; ``None`` for uniform dequantization (the noise needs no module)."""
+    if cfg.dequantization == "uniform":
+        return None
+    if info.kind != "image":
+        raise ConfigError(f"dequantization: variational dequantization is for discrete (image) "
+                          f"data; {info.name} is continuous")
+    return VariationalDequantizer(info.shape, info.num_levels, num_steps=cfg.dequant_steps,
+                                  hidden_channels=cfg.dequant_hidden)

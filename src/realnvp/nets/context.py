@@ -40,8 +40,10 @@ class ContextSlot:
 
 class Conditioned(nn.Module):
     """``net(concat(h, c))`` with ``c`` the slot's ``(B, k)`` context, repeated over ``h``'s
-    spatial positions for ``(B, C, H, W)`` inputs (as extra channels): ``net`` must take
-    ``k`` more input features (channels) than the unconditional network would."""
+    spatial positions for ``(B, C, H, W)`` inputs (as extra channels), or a ``(B, k, H, W)``
+    context of feature maps taken as it is (a dequantizer's features of the image it
+    dequantizes): ``net`` must take ``k`` more input features (channels) than the unconditional
+    network would."""
 
     def __init__(self, net: nn.Module, slot: ContextSlot):
         super().__init__()
@@ -50,7 +52,7 @@ class Conditioned(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         c = self.slot.read().to(h.dtype)
-        if h.dim() > 2:
+        if h.dim() > 2 and c.dim() == 2:
             c = c.view(*c.shape, *([1] * (h.dim() - 2))).expand(-1, -1, *h.shape[2:])
         return self.net(torch.cat((h, c), dim=1))
 

@@ -23,10 +23,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
+from .. import distributed
 from ..bijectors import bits_per_dim
-from ..evaluate import evaluate, histogram_baseline, nats_per_example
+from ..evaluate import evaluate, evaluate_side_by_side, histogram_baseline, nats_per_example
 from ..inputs import batch_parts, class_context, model_input, to_pixels
 from ..models import Flow
+from ..models.build import build_dequantizer
 from ..precision import autocast
 from ..viz import image_grid, samples_and_density, save
 
@@ -39,6 +41,11 @@ class Objective(nn.Module):
     metric: str = "loss"
     score_key: str = "loss"
     unit: str = "nats"
+
+    def build(self, cfg, info) -> None:
+        """Create the objective's own trainable modules for the run's configuration and data
+        (:class:`~realnvp.data.DataInfo`): called before the optimizer is made (and before a
+        resumed run's checkpoint is loaded into them)."""
 
     def setup(self, ctx) -> None:
         """Called once the run's :class:`~realnvp.training.Context` exists, before any step."""
@@ -66,17 +73,30 @@ class Objective(nn.Module):
 class MaximumLikelihood(Objective):
     """``−log p(x)`` of data (paper §4.1), plus the paper's L2 penalty.
 
-    Images are dequantized with fresh uniform noise (every preprocessing Jacobian counted, so the
-    figures compare with the paper's Table 1); the loss is the batch's mean negative
-    log-likelihood in nats per example plus ``cfg.l2 · Σ θ²`` over
+    Images are dequantized, every preprocessing Jacobian counted, so the figures compare with
+    the paper's Table 1: with fresh uniform noise (``cfg.dequantization = "uniform"``, the
+    paper's), or with offsets from a learned dequantizer ``q(u|x)`` trained with the model
+    (``"variational"``, Flow++ §3.1: :class:`~realnvp.models.dequantization.VariationalDequantizer`,
+    kept as this objective's ``dequantizer``, in the checkpoints under ``objective.dequantizer.``).
+    The loss is the batch's mean negative bound ``−(log p(y) − log q(u|x))`` in nats per example
+    (the NLL for uniform noise, where ``log q = 0``) plus ``cfg.l2 · Σ θ²`` over
     :meth:`Flow.regularized_parameters`, as in the authors' code; progress is reported in
     bits/dim. Evaluation: mean bits/dim with one noise draw after every epoch; at the end of the
-    run ``cfg.eval_dequant_samples`` draws and the importance-weighted estimate.
+    run ``cfg.eval_dequant_samples`` draws and the importance-weighted estimate (and, for a
+    learned dequantizer, both again with uniform noise, side by side).
     """
 
     metric = "bpd"
     score_key = "bits_per_dim"
     unit = "bits/dim"
+
+    def __init__(self):
+        super().__init__()
+        self.dequantizer: nn.Module | None = None
+        self.__dict__["_q"] = None  # what a training step calls: the dequantizer or its DDP wrapper
+
+    def build(self, cfg, info) -> None:
+        self.dequantizer = build_dequantizer(cfg, info)
 
     def setup(self, ctx) -> None:
         self.reg_params = ctx.model.regularized_parameters()
@@ -84,18 +104,22 @@ class MaximumLikelihood(Objective):
         test = ctx.data.test
         self.reference = torch.stack([test[i] for i in range(min(2000, len(test)))]) \
             if info.kind == "vector" and info.dim == 2 and not info.context_features else None
+        # not a submodule: the wrapper's parameters are the dequantizer's, saved under its name
+        self.__dict__["_q"] = None if self.dequantizer is None \
+            else distributed.wrap(self.dequantizer, ctx.dist)
 
     def loss(self, ctx, batch) -> tuple[Tensor, Tensor]:
-        """``(mean NLL in nats per example + l2·Σθ², mean bits/dim)``: the cost on the authors'
-        scale (``real_nvp_multiscale_dataset.py`` minimises the per-image NLL in nats plus
-        ``l2_coeff · l2_reg`` and clips that gradient), and the figure people report."""
+        """``(mean negative bound in nats per example + l2·Σθ², mean bits/dim)``: the cost on
+        the authors' scale (``real_nvp_multiscale_dataset.py`` minimises the per-image NLL in
+        nats plus ``l2_coeff · l2_reg`` and clips that gradient), and the figure people report."""
         cfg, info = ctx.cfg, ctx.data.info
         x, context = batch_parts(batch, info, ctx.device)
-        y, _ = model_input(x.to(ctx.device), info, shard=(ctx.dist.rank, ctx.dist.world_size))
+        y, log_q = model_input(x.to(ctx.device), info, shard=(ctx.dist.rank, ctx.dist.world_size),
+                               dequantizer=self._q)
         with autocast(ctx.device, cfg.precision):
             log_p = ctx.net(y) if context is None else ctx.net(y, context)
-        bpd = bits_per_dim(log_p, info.dim, info.num_levels).mean()
-        nll = nats_per_example(bpd, info.dim)  # = mean(−log p(y)) + D ln K: a constant apart
+        bpd = bits_per_dim(log_p if log_q is None else log_p - log_q, info.dim, info.num_levels).mean()
+        nll = nats_per_example(bpd, info.dim)  # = mean(−log p(y) + log q) + D ln K: a constant apart
         l2 = sum(p.pow(2).sum() for p in self.reg_params) if cfg.l2 else 0.0
         # a model with regularisers of its own that its forward pass computes (FFJORD's RNODE
         # terms) says so with regularization_loss(); they join the cost, not the reported value
@@ -103,16 +127,11 @@ class MaximumLikelihood(Objective):
         return nll + cfg.l2 * l2 + (extra() if extra is not None else 0.0), bpd.detach()
 
     def evaluate(self, ctx, model: Flow, dataset, final: bool, progress: bool = False) -> dict:
-        cfg, data = ctx.cfg, ctx.data
+        cfg, data, q = ctx.cfg, ctx.data, self.dequantizer
         if not final:
-            return evaluate(model, dataset, data.info, cfg.eval_batch_size, 1, cfg.precision)
-        result = evaluate(model, dataset, data.info, cfg.eval_batch_size, cfg.eval_dequant_samples,
-                          cfg.precision, progress=progress,
-                          importance_samples=cfg.eval_importance_samples or None)
-        baseline = histogram_baseline(data.train, dataset, data.info)
-        if baseline is not None:
-            result["histogram_baseline_bpd"] = baseline
-        return result
+            return evaluate(model, dataset, data.info, cfg.eval_batch_size, 1, cfg.precision,
+                            dequantizer=q)
+        return final_evaluation(model, dataset, data, cfg, q, progress)
 
     def calibration_inputs(self, ctx, num_batches: int = 8):
         """``(model input, context)`` batches from the first training examples (fixed, so
@@ -122,7 +141,9 @@ class MaximumLikelihood(Objective):
         for start in range(0, n - b + 1, b):
             batch = default_collate([train[i] for i in range(start, start + b)])
             x, context = batch_parts(batch, ctx.data.info, ctx.device)
-            yield model_input(x.to(ctx.device), ctx.data.info)[0], context
+            with torch.no_grad():
+                y, _ = model_input(x.to(ctx.device), ctx.data.info, dequantizer=self.dequantizer)
+            yield y, context
 
     def pictures(self, ctx, model: Flow, path: Path) -> bool:
         """A sample grid (images) or samples beside the density (2-D data)."""
@@ -137,6 +158,21 @@ class MaximumLikelihood(Objective):
         else:
             save(samples_and_density(model, samples, self.reference), path)
         return True
+
+
+def final_evaluation(model: Flow, dataset, data, cfg, dequantizer=None, progress: bool = False) -> dict:
+    """The end-of-run figures (``eval.json``): the bound over ``cfg.eval_dequant_samples``
+    draws and the importance-weighted estimate, with the run's dequantizer and, for a learned
+    one, with uniform noise beside them (:func:`~realnvp.evaluate.evaluate_side_by_side`); the
+    histogram baseline for data held in memory."""
+    result = evaluate_side_by_side(model, dataset, data.info, cfg.eval_batch_size,
+                                   cfg.eval_dequant_samples, cfg.precision, progress=progress,
+                                   importance_samples=cfg.eval_importance_samples or None,
+                                   dequantizer=dequantizer)
+    baseline = histogram_baseline(data.train, dataset, data.info)
+    if baseline is not None:
+        result["histogram_baseline_bpd"] = baseline
+    return result
 
 
 def selection_score(objective: Objective, result: dict) -> float:

@@ -105,7 +105,9 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         model = self.build_model(cfg, data.info).to(device)
-        objective = (self.objective or MaximumLikelihood()).to(device)
+        objective = self.objective or MaximumLikelihood()
+        objective.build(cfg, data.info)
+        objective = objective.to(device)
         optimizer = self.make_optimizer(
             [*model.parameters(), *objective.parameters()], cfg, device)
         ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
