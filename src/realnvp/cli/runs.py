@@ -63,7 +63,7 @@ def _unconditional(run, command: str) -> None:
 
 
 def cmd_eval(args) -> int:
-    from ..evaluate import evaluate
+    from ..evaluate import evaluate_side_by_side
     from ..runtime import seed_everything
     from ..training import load_split
 
@@ -73,8 +73,10 @@ def cmd_eval(args) -> int:
     cfg = run.config
     dataset, _ = load_split(cfg, args.split, args.data_dir, augment=False)
     seed_everything(args.seed)
-    result = evaluate(run.model, dataset, run.info, args.batch_size, args.dequant_samples,
-                      progress=not args.quiet, importance_samples=args.importance_samples)
+    result = evaluate_side_by_side(run.model, dataset, run.info, args.batch_size,
+                                   args.dequant_samples, progress=not args.quiet,
+                                   importance_samples=args.importance_samples,
+                                   dequantizer=run.dequantizer)
     result["split"] = args.split
     print_eval(result, prefix=f"{cfg.data} {args.split}")
     if args.json:
@@ -266,7 +268,8 @@ def cmd_score(args) -> int:
     for source, batch in inputs:
         for start in range(0, batch.shape[0], args.batch_size):
             chunk = batch[start:start + args.batch_size]
-            bpd = per_example_bits_per_dim(run.model, chunk, info, args.dequant_samples).cpu()
+            bpd = per_example_bits_per_dim(run.model, chunk, info, args.dequant_samples,
+                                           dequantizer=run.dequantizer).cpu()
             for i, b in enumerate(bpd.tolist()):
                 nll = nats_per_example(b, info.dim) + log_scale
                 row = [source, start + i + 1, f"{nll / (info.dim * math.log(2)) if continuous else b:.6f}"]
