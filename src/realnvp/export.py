@@ -9,12 +9,22 @@ programs (``.pt2``), checked against the eager model before they are written.
 
 Both take any batch size from 1 to :data:`MAX_BATCH`, run the model in eval mode (running
 batch-norm averages) without input validation (the programs hold no data-dependent checks).
+
+:func:`export_onnx` writes the density path alone as one ONNX file through PyTorch's exporter
+(``torch.onnx.export``, the ``dynamo`` path), checked with onnxruntime (the ``onnx`` extra:
+``pip install 'realnvp[onnx]'``); the shapes, levels and the check's difference go into the
+model's metadata.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
+import logging
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -56,14 +66,20 @@ def _export(module: nn.Module, example: torch.Tensor, check: torch.Tensor, name:
     return program, diff
 
 
-def export(flow: Flow, inputs: torch.Tensor, out_dir: str | Path, num_levels: int | None) -> dict:
-    """Write ``density.pt2``, ``sample.pt2`` and ``export.json`` for ``flow`` into ``out_dir``;
-    ``inputs`` (model-space examples, e.g. test data) check the density, latents drawn from the
-    prior check the sampler. Returns ``export.json``'s contents."""
+def _servable(flow: Flow) -> Flow:
+    """A copy of ``flow`` as the exporters take it: eval mode, no input checks, no gradients."""
     flow = copy.deepcopy(flow).eval()
     flow.validate_args = False
     for p in flow.parameters():
         p.requires_grad_(False)
+    return flow
+
+
+def export(flow: Flow, inputs: torch.Tensor, out_dir: str | Path, num_levels: int | None) -> dict:
+    """Write ``density.pt2``, ``sample.pt2`` and ``export.json`` for ``flow`` into ``out_dir``;
+    ``inputs`` (model-space examples, e.g. test data) check the density, latents drawn from the
+    prior check the sampler. Returns ``export.json``'s contents."""
+    flow = _servable(flow)
     out_dir = Path(out_dir)
     density, d_diff = _export(_Path(flow, "log_prob"), inputs[:2], inputs, "density")
     z = torch.randn(len(inputs), flow.num_dims, generator=torch.Generator().manual_seed(0))
@@ -75,4 +91,91 @@ def export(flow: Flow, inputs: torch.Tensor, out_dir: str | Path, num_levels: in
             "num_levels": num_levels, "max_batch": MAX_BATCH, "units": "nats",
             "max_abs_difference": {"density": d_diff, "sample": s_diff}}
     atomic.write_text(out_dir / "export.json", json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _onnxruntime():
+    """The ``onnxruntime`` module, once the exporter's ``onnx`` and ``onnxscript`` are known to be
+    there; an :class:`ExportError` naming the extra when any is missing."""
+    if torch.__version__ < "2.6":
+        raise ExportError(f"ONNX export needs torch >= 2.6 (its dynamo exporter), this is "
+                          f"{torch.__version__}: pip install 'realnvp[onnx]'")
+    try:
+        import onnx  # noqa: F401  (torch.onnx's exporter needs it)
+        import onnxruntime
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ExportError(f"ONNX export needs onnx, onnxscript and onnxruntime ({e.name} is "
+                          "missing): pip install 'realnvp[onnx]'") from None
+    return onnxruntime
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Hold back what the exporter prints and logs (graphs, warnings, the missing torchvision
+    operators), so that a failure is the one line of :class:`ExportError`."""
+    log, buf = logging.getLogger("torch"), io.StringIO()
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def _first_line(e: BaseException) -> str:
+    """The exporter's own reason (the cause it wraps, when it wraps one), one line, no colours."""
+    cause = e.__cause__ or e
+    line = re.sub(r"\x1b\[[0-9;]*m", "", str(cause)).strip().split("\n")[0]
+    return f"{type(cause).__name__}: {line}".rstrip(": ")
+
+
+def _onnx_program(flow: Flow, example: torch.Tensor):
+    """The density path ``y -> log p(y)`` of a servable flow as a ``torch.onnx.ONNXProgram``."""
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    try:
+        with _quiet():
+            return torch.onnx.export(_Path(flow, "log_prob"), (example,), dynamo=True,
+                                     dynamic_shapes=({0: batch},), input_names=["y"],
+                                     output_names=["log_prob"], report=False, verbose=False)
+    except Exception as e:  # the exporter's many failure types; one line for the user
+        raise ExportError(f"the ONNX exporter cannot take this model's density path: "
+                          f"{_first_line(e)}") from e
+
+
+def _onnx_difference(program, path: Path, flow: Flow, inputs: torch.Tensor) -> float:
+    """Save ``program`` to ``path`` and return the largest ``|onnxruntime − eager|`` of the
+    densities of ``inputs``; an :class:`ExportError` beyond :data:`TOLERANCE` (relative to the
+    largest density, as :func:`export` checks)."""
+    with _quiet():
+        program.save(str(path), external_data=False)
+    session = _onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"y": inputs.numpy()})[0])
+    with torch.no_grad():
+        want = flow.log_prob(inputs)
+    diff = (got - want).abs().max().item()
+    if not diff <= TOLERANCE * max(1.0, want.abs().max().item()):
+        raise ExportError(f"the ONNX density path differs from the model by {diff:.3g} nats")
+    return diff
+
+
+def export_onnx(flow: Flow, inputs: torch.Tensor, path: str | Path, num_levels: int | None) -> dict:
+    """Write the density path of ``flow`` as the ONNX model ``path`` (exported and checked on the
+    CPU): input ``y`` ``(B, *event_shape)`` float32 in model space (as ``density.pt2``), output
+    ``log_prob`` ``(B,)`` in nats, any batch size to :data:`MAX_BATCH`. onnxruntime's densities
+    of ``inputs`` (model-space examples, e.g. test data) must equal the eager model's (see
+    :func:`_onnx_difference`) before the file is written. Returns what the model's metadata
+    records under ``realnvp`` (JSON)."""
+    _onnxruntime()
+    flow, inputs = _servable(flow).cpu(), inputs.float().cpu()
+    program = _onnx_program(flow, inputs[:2])
+    info = {"event_shape": list(flow.event_shape), "num_levels": num_levels, "max_batch": MAX_BATCH,
+            "units": "nats"}
+    with atomic.replacing(path) as tmp:
+        info["max_abs_difference"] = {"density": _onnx_difference(program, tmp, flow, inputs)}
+        program.model.metadata_props["realnvp"] = json.dumps(info)
+        with _quiet():
+            program.save(str(tmp), external_data=False)
     return info

@@ -333,22 +333,39 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    from ..export import export
+def _export_inputs(args, run) -> torch.Tensor:
+    """Up to 64 test examples in model space (images at their bins' centres), on the model's
+    device: what the exported programs are checked on."""
     from ..inputs import pixels_to_unit
     from ..training import load_split
 
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"-o {out} is a file; give a folder for density.pt2 and sample.pt2")
-    writable_dir(out)
-    run = _load(args)
     dataset, _ = load_split(run.config, "test", args.data_dir, augment=False)
     x = torch.stack([dataset[i] for i in range(min(64, len(dataset)))])
     inputs = pixels_to_unit(x, run.info) if run.info.kind == "image" else x.float()
-    device = next(run.model.parameters()).device
-    info = export(run.model, inputs.to(device), out, run.info.num_levels)
-    diff = info["max_abs_difference"]
+    return inputs.to(next(run.model.parameters()).device)
+
+
+def cmd_export(args) -> int:
+    from ..export import export, export_onnx
+
+    out = Path(args.output)
+    onnx = out.suffix.lower() == ".onnx"
+    if onnx:
+        writable_file(args.output)
+    elif out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out} is a file; give a folder for density.pt2 and sample.pt2 "
+                         "(or FILE.onnx for ONNX)")
+    else:
+        writable_dir(out)
+    run = _load(args)
+    _needs_data(run, "export")
+    inputs = _export_inputs(args, run)
+    if onnx:
+        diff = export_onnx(run.model, inputs, out, run.info.num_levels)["max_abs_difference"]
+        print(f"wrote {out}, the density path as ONNX (onnxruntime = eager to "
+              f"{diff['density']:.2g} nats on {len(inputs)} test examples)")
+        return 0
+    diff = export(run.model, inputs, out, run.info.num_levels)["max_abs_difference"]
     print(f"wrote {out / 'density.pt2'} and {out / 'sample.pt2'} (exported = eager to "
           f"{diff['density']:.2g} nats and {diff['sample']:.2g} on {len(inputs)} test examples)")
     return 0
@@ -422,9 +439,12 @@ def add_parsers(sub) -> None:
     c.add_argument("--dequant-samples", type=positive_int, default=4)
     c.set_defaults(func=cmd_score)
 
-    x = sub.add_parser("export", help="the density and sampling paths as torch.export programs")
+    x = sub.add_parser("export", help="the density and sampling paths as torch.export programs, "
+                       "or the density path as ONNX")
     run_args(x, "best")
-    x.add_argument("-o", "--output", required=True, help="folder for density.pt2, sample.pt2")
+    x.add_argument("-o", "--output", required=True,
+                   help="folder for density.pt2, sample.pt2 (torch.export); or FILE.onnx: the "
+                        "density path as ONNX (needs the onnx extra)")
     x.add_argument("--data-dir")
     x.set_defaults(func=cmd_export)
 
