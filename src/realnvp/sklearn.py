@@ -1,7 +1,8 @@
 """A scikit-learn-style density estimator: ``FlowDensity().fit(X).score_samples(X)``.
 
 For tabular anomaly detection: rows of ``X`` are standardised with the training statistics, a
-:class:`~realnvp.models.VectorRealNVP` is fitted by maximum likelihood through the package's
+vector flow of any of the package's families (``model``: :data:`FAMILIES`, the vector models of
+``realnvp train``) is fitted by maximum likelihood through the package's
 :class:`~realnvp.training.Trainer` (validation split, best checkpoint, clipping, the L2 term),
 and :meth:`FlowDensity.score_samples` returns the log-density per row **in the input's units**
 (the standardisation's ``−Σ log σ`` included). :meth:`save` / :meth:`load` keep the fitted
@@ -23,36 +24,52 @@ from . import checkpoint
 from .config import Config
 from .data import DataInfo
 from .data.datasets import VectorDataset
-from .models.build import build_model
+from .models.build import VECTOR_MODELS, build_model
 
-#: The flow families the estimator can fit (more as the package grows them).
-FAMILIES = ("realnvp",)
+#: The flow families the estimator can fit: every vector model of the package.
+FAMILIES = VECTOR_MODELS
+#: The families whose coupling layers split the features in two (they need 2 or more).
+COUPLING_FAMILIES = ("realnvp", "nsf-coupling")
 
 
 class FlowDensity(DensityMixin, BaseEstimator):
-    """Normalizing-flow density of the rows of ``X`` ``(n_samples, n_features)``, n_features ≥ 2.
+    """Normalizing-flow density of the rows of ``X`` ``(n_samples, n_features)``.
 
-    Parameters are the package's configuration keys of the same names (``realnvp train
-    --list-keys``); ``valid_size`` carves the validation split that selects the epoch.
+    ``model`` picks the family: ``realnvp`` (affine couplings), ``maf``, ``iaf``,
+    ``nsf-coupling``, ``nsf-autoregressive`` (rational-quadratic splines) or ``ffjord`` (a
+    continuous-time flow); the coupling families need n_features ≥ 2. The other parameters are
+    the package's configuration keys of the same names (``realnvp train --list-keys``), each used
+    by the families it applies to: ``num_couplings`` (layers of every family but ffjord),
+    ``hidden``, ``num_layers`` (all), ``batch_norm`` (all but ffjord), ``weight_norm`` (realnvp,
+    nsf-coupling), ``bins``, ``spline_bound`` (the nsf families), ``num_blocks``, ``ode_solver``,
+    ``ode_rtol``, ``ode_atol`` (ffjord). ``valid_size`` carves the validation split that selects
+    the epoch. ffjord's adaptive solver steps through the rows of one call together, so a row's
+    score can move by round-off (about 1e-5 nats) with the rows scored beside it.
     """
 
-    def __init__(self, family: str = "realnvp", num_couplings: int = 8, hidden: int = 128,
+    def __init__(self, model: str = "realnvp", num_couplings: int = 8, hidden: int = 128,
                  num_layers: int = 2, batch_norm: bool = False, weight_norm: bool = False,
+                 bins: int = 8, spline_bound: float = 5.0, num_blocks: int = 1,
+                 ode_solver: str = "dopri5", ode_rtol: float = 1e-5, ode_atol: float = 1e-5,
                  epochs: int = 50, batch_size: int = 256, lr: float = 1e-3, valid_size: float = 0.1,
                  random_state: int = 0, device: str = "cpu"):
-        self.family, self.num_couplings, self.hidden = family, num_couplings, hidden
+        self.model, self.num_couplings, self.hidden = model, num_couplings, hidden
         self.num_layers, self.batch_norm, self.weight_norm = num_layers, batch_norm, weight_norm
+        self.bins, self.spline_bound, self.num_blocks = bins, spline_bound, num_blocks
+        self.ode_solver, self.ode_rtol, self.ode_atol = ode_solver, ode_rtol, ode_atol
         self.epochs, self.batch_size, self.lr, self.valid_size = epochs, batch_size, lr, valid_size
         self.random_state, self.device = random_state, device
 
     def _config(self, n: int) -> Config:
-        if self.family not in FAMILIES:
-            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+        if self.model not in FAMILIES:
+            raise ValueError(f"model must be one of {', '.join(FAMILIES)}, got {self.model!r}")
         n_valid = max(1, round(n * self.valid_size)) if self.valid_size else 0
         return Config(data="tabular", coupling="affine").replace(
-            num_couplings=self.num_couplings, hidden=self.hidden, num_layers=self.num_layers,
-            batch_norm=self.batch_norm, weight_norm=self.weight_norm, epochs=self.epochs,
-            batch_size=max(1, min(self.batch_size, n - n_valid)), lr=self.lr,
+            model=self.model, num_couplings=self.num_couplings, hidden=self.hidden,
+            num_layers=self.num_layers, batch_norm=self.batch_norm, weight_norm=self.weight_norm,
+            bins=self.bins, spline_bound=float(self.spline_bound), num_blocks=self.num_blocks,
+            ode_solver=self.ode_solver, ode_rtol=float(self.ode_rtol), ode_atol=float(self.ode_atol),
+            epochs=self.epochs, batch_size=max(1, min(self.batch_size, n - n_valid)), lr=self.lr,
             valid_size=float(n_valid), seed=int(self.random_state), device=self.device,
             sample_every=0, eval_dequant_samples=1)
 
@@ -62,12 +79,13 @@ class FlowDensity(DensityMixin, BaseEstimator):
         from .training.data import carve
 
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=3)
-        if X.shape[1] < 2:
-            raise ValueError("FlowDensity needs at least 2 features (coupling layers split the "
-                             f"features in two); got n_features = {X.shape[1]}")
+        cfg = self._config(len(X))
+        if X.shape[1] < 2 and self.model in COUPLING_FAMILIES:
+            raise ValueError(f"FlowDensity(model={self.model!r}) needs at least 2 features (its "
+                             f"coupling layers split the features in two); got n_features = "
+                             f"{X.shape[1]}")
         mean, std = X.mean(axis=0), X.std(axis=0)
         std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
-        cfg = self._config(len(X))
         info = DataInfo("tabular", "vector", (X.shape[1],), None, mean=tuple(mean), std=tuple(std))
         whole = VectorDataset((X - mean) / std)
         rest, valid = carve(whole, cfg.valid_size)
@@ -125,4 +143,4 @@ class FlowDensity(DensityMixin, BaseEstimator):
         return est
 
 
-__all__ = ["FAMILIES", "FlowDensity"]
+__all__ = ["COUPLING_FAMILIES", "FAMILIES", "FlowDensity"]
