@@ -145,7 +145,7 @@ def _density(d: int, k: int):
 
 
 def _all_levels(d: int, k: int) -> torch.Tensor:
-    levels = torch.cartesian_prod(*[torch.arange(k)] * d).view(-1, d) if d > 1 else torch.arange(k).view(-1, 1)
+    levels = torch.cartesian_prod(*[torch.arange(k)] * d) if d > 1 else torch.arange(k)
     return levels.to(torch.float64).view(-1, 1, 1, d)
 
 

@@ -89,11 +89,14 @@ def test_one_step_on_two_processes_equals_one_process(tmp_path):
     assert abs(unsynced["loss"] - loss) > 1e-6, "per-process statistics should change the result"
 
 
-def test_torchrun_training_matches_single_process(tmp_path):
-    """End to end through the CLI: sampler, noise sharding, loss averaging, rank-0 writing. In
+@pytest.mark.parametrize("dequantization", ["uniform", "variational"])
+def test_torchrun_training_matches_single_process(tmp_path, dequantization):
+    """End to end through the CLI: sampler, noise sharding, loss averaging, rank-0 writing (and a
+    learned dequantizer's own DDP wrapper, its actnorms initialised from the global batch). In
     float32 over many Adam steps rounding differences grow (Adam rescales even gradients that are
     pure rounding noise), so this compares at a looser tolerance than the exact one-step test."""
-    tiny = ["--epochs", "1", *TINY, "--set", "sample_every=0"]
+    tiny = ["--epochs", "1", *TINY, "--set", "sample_every=0", "--dequantization", dequantization,
+            "--set", "dequant_hidden=4", "--set", "dequant_steps=1"]
     env = ENV
     single, double = tmp_path / "single", tmp_path / "double"
     subprocess.run([sys.executable, "-m", "realnvp", "train", "--batch-size", "64", "--out",
