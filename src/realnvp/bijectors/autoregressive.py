@@ -109,9 +109,11 @@ class MaskedAutoregressive(Bijector):
         h = self.made(v, None if self.context is None else self.context.read())
         return h if h.dtype == v.dtype else h.to(v.dtype)
 
-    def _tau(self, v: Tensor, h: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _tau(self, v: Tensor, h: Tensor, inverse: bool,
+             with_log_det: bool = True) -> tuple[Tensor, Tensor | None]:
         """The transformer, elementwise: data → latent (``inverse=False``) or latent → data, with
-        the elementwise log-derivative of the map applied."""
+        the elementwise log-derivative of the map applied (the spline's: ``None`` unless
+        ``with_log_det``)."""
         if self.transformer == "affine":
             mu, alpha = h[..., 0], self.rescale * torch.tanh(h[..., 1])
             if inverse:
@@ -119,18 +121,22 @@ class MaskedAutoregressive(Bijector):
             return (v - mu) / torch.exp(alpha), -alpha
         k = self.bins
         return rational_quadratic(v, h[..., :k], h[..., k:2 * k], h[..., 2 * k:], inverse,
-                                  self.bound, self.min_bin, self.min_derivative)
+                                  self.bound, self.min_bin, self.min_derivative, with_log_det)
 
-    def _one_pass(self, v: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        out, ld = self._tau(v, self._params(v), inverse)
-        return out, sum_except_batch(ld)
+    def _one_pass(self, v: Tensor, inverse: bool, with_log_det: bool = True
+                  ) -> tuple[Tensor, Tensor | None]:
+        out, ld = self._tau(v, self._params(v), inverse, with_log_det)
+        return out, (sum_except_batch(ld) if with_log_det else None)
 
-    def _sequential(self, v: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        """Solve ``out = τ^{±1}(v; MADE(out))`` rank by rank, ``passes`` passes from zero."""
+    def _sequential(self, v: Tensor, inverse: bool, with_log_det: bool = True
+                    ) -> tuple[Tensor, Tensor | None]:
+        """Solve ``out = τ^{±1}(v; MADE(out))`` rank by rank, ``passes`` passes from zero (the
+        log-derivative, if asked for, in the last pass only)."""
         out = torch.zeros_like(v)
-        for _ in range(self.passes):
-            out, ld = self._tau(v, self._params(out), inverse)
-        return out, sum_except_batch(ld)
+        for i in range(self.passes):
+            last = i == self.passes - 1
+            out, ld = self._tau(v, self._params(out), inverse, with_log_det and last)
+        return out, (sum_except_batch(ld) if with_log_det else None)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self._check(x)
@@ -138,11 +144,12 @@ class MaskedAutoregressive(Bijector):
             return self._one_pass(x, inverse=False)
         return self._sequential(x, inverse=False)
 
-    def _inverse(self, z: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor]:
+    def _inverse(self, z: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
         self._check(z)
         if self.direction == "maf":
-            return self._sequential(z, inverse=True)
-        return self._one_pass(z, inverse=True)  # IAF: the MADE reads the latent it maps
+            return self._sequential(z, inverse=True, with_log_det=with_log_det)
+        # IAF: the MADE reads the latent it maps
+        return self._one_pass(z, inverse=True, with_log_det=with_log_det)
 
     def extra_repr(self) -> str:
         extra = f", bins={self.bins}, bound={self.bound}" if self.transformer == "spline" else ""

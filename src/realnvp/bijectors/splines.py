@@ -62,7 +62,8 @@ def rational_quadratic(
     bound: float = 5.0,
     min_bin: float = 1e-3,
     min_derivative: float = 1e-3,
-) -> tuple[Tensor, Tensor]:
+    with_log_det: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """The spline (``inverse=False``) or its inverse, elementwise, with identity tails.
 
     Args:
@@ -74,6 +75,7 @@ def rational_quadratic(
         bound: B, the spline covers ``[−B, B]`` in both coordinates.
         min_bin: the smallest bin width and height, as a fraction of ``2B``.
         min_derivative: the smallest knot derivative.
+        with_log_det: compute the log-derivative (``False``: ``None``, for sampling).
 
     Returns:
         ``(y, log|dy/dx|)``, both of shape ``S``: the log-derivative of the map evaluated (for
@@ -93,18 +95,14 @@ def rational_quadratic(
 
     inside = (x >= -bound) & (x <= bound)
     t = x.clamp(-bound, bound)  # out-of-range points computed on the edge, then discarded
-    # the bin: the last knot nudged up so that a point exactly at +B lands in the last bin
-    edges = (ys if inverse else xs).detach().clone()
-    edges[..., -1] += 1e-6 * bound
-    b = torch.searchsorted(edges.contiguous(), t.unsqueeze(-1).contiguous(), right=True) - 1
-    b = b.clamp_(0, k - 1)
-
-    def pick(v: Tensor, offset: int = 0) -> Tensor:
-        return v.gather(-1, b + offset).squeeze(-1)
-
-    x0, w = pick(xs), pick(xs, 1) - pick(xs)
-    y0, h = pick(ys), pick(ys, 1) - pick(ys)
-    d0, d1 = pick(ds), pick(ds, 1)
+    # the bin: how many interior knots lie at or below t (a point exactly at +B is in the last)
+    edges = (ys if inverse else xs)[..., 1:k].detach()
+    b = (t.unsqueeze(-1) >= edges).sum(dim=-1, keepdim=True)
+    ends = torch.cat((b, b + 1), dim=-1)  # both ends of the bin: one gather per knot quantity
+    x0, x1 = xs.gather(-1, ends).unbind(-1)
+    y0, y1 = ys.gather(-1, ends).unbind(-1)
+    d0, d1 = ds.gather(-1, ends).unbind(-1)
+    w, h = x1 - x0, y1 - y0
     s = h / w
     excess = d1 + d0 - 2 * s  # δ⁽ᵏ⁺¹⁾ + δ⁽ᵏ⁾ − 2s
     if inverse:
@@ -115,17 +113,22 @@ def rational_quadratic(
         disc = (bq.pow(2) - 4 * a * c).clamp(min=0)
         xi = (2 * c / (-bq - disc.sqrt())).clamp(0, 1)
         out = x0 + xi * w
+        xi1 = xi * (1 - xi)
+        denom = s + excess * xi1
     else:
         xi = ((t - x0) / w).clamp(0, 1)
         xi1 = xi * (1 - xi)
-        out = y0 + h * (s * xi.pow(2) + d0 * xi1) / (s + excess * xi1)
-    xi1 = xi * (1 - xi)
-    denom = s + excess * xi1
-    log_deriv = (2 * torch.log(s) + torch.log(d1 * xi.pow(2) + 2 * s * xi1 + d0 * (1 - xi).pow(2))
-                 - 2 * torch.log(denom))
+        denom = s + excess * xi1
+        out = y0 + h * (s * xi.pow(2) + d0 * xi1) / denom
+    y = torch.where(inside, out, x)
+    if not with_log_det:
+        return y, None
+    # eq. 5 as one logarithm: s, the numerator and the denominator are bounded away from 0 and
+    # infinity by min_bin and min_derivative, so the product neither under- nor overflows
+    num = d1 * xi.pow(2) + 2 * s * xi1 + d0 * (1 - xi).pow(2)
+    log_deriv = torch.log(s.pow(2) * num / denom.pow(2))
     if inverse:
         log_deriv = -log_deriv
-    y = torch.where(inside, out, x)
     return y, torch.where(inside, log_deriv, torch.zeros_like(log_deriv))
 
 
@@ -174,11 +177,11 @@ class SplineCoupling(Bijector):
         h = h.view(h.shape[0], a.shape[1], p, *h.shape[2:]).movedim(2, -1)
         k = self.bins
         y, ld = rational_quadratic(a, h[..., :k], h[..., k:2 * k], h[..., 2 * k:], inverse,
-                                   self.bound, self.min_bin, self.min_derivative)
+                                   self.bound, self.min_bin, self.min_derivative, with_log_det)
         if self._partial:
             keep = self.mask.restrict(torch.ones_like(a[:1])) == 0
             y = torch.where(keep, a, y)
-            ld = self.mask.restrict(ld)
+            ld = None if ld is None else self.mask.restrict(ld)
         out = self.mask.merge(x, y, cond)
         return out, (sum_except_batch(ld) if with_log_det else None)
 
