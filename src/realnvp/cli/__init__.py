@@ -1,4 +1,4 @@
-"""The ``realnvp`` command: train, fit, eval, sample, interpolate, latents, score, info, export.
+"""The ``realnvp`` command: train, fit, vae, eval, sample, interpolate, latents, score, info, export.
 
 Every user error (unknown data set or option, a directory that is not a run, a checkpoint that
 does not fit, an output that cannot be written, bad input data) ends with one line on stderr and
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from .. import __version__
-from . import fit, runs, train
+from . import fit, runs, train, vae
 from .common import EXIT_USAGE, Parser, UsageError
 
 
@@ -22,6 +22,7 @@ def build_parser() -> Parser:
     train.add_parser(sub)
     runs.add_parsers(sub)
     fit.add_parser(sub)
+    vae.add_parser(sub)
     return p
 
 
@@ -42,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
-            raise UsageError("realnvp: choose a command: train, fit, eval, sample, interpolate, latents, "
-                             "score, info, export (realnvp --help)")
+            raise UsageError("realnvp: choose a command: train, fit, vae, eval, sample, interpolate, "
+                             "latents, score, info, export (realnvp --help)")
         return args.func(args)
     except (UsageError, ConfigError, DataError, RunError, CheckpointError, ExportError) as e:
         if debug:

@@ -1,0 +1,153 @@
+"""The VAE with flow posteriors (issue 17, R&M §6.2): bounds against quadrature of the exact
+``log p(x)``, per-example flow log-dets against autograd, the estimators, dynamic binarisation,
+the run (resume equals an uninterrupted run) and the refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from helpers import cli, jacobian_log_dets, metrics_rows, one_line
+from realnvp.vi.vae import POSTERIORS, VAE, binarize, bounds, planar_step, radial_step
+
+TINY_LATENT = {"gaussian": 1, "planar": 1, "radial": 1, "iaf": 1, "realnvp": 2}
+
+
+def tiny_vae(kind: str, seed: int = 0) -> VAE:
+    torch.manual_seed(seed)
+    vae = VAE(features=4, latent=TINY_LATENT[kind], posterior=kind, length=3, hidden=6,
+              flow_hidden=4).double()
+    with torch.no_grad():  # away from the initialisation: flows that are not near the identity
+        for p in vae.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return vae
+
+
+def exact_log_px(vae: VAE, x: torch.Tensor) -> torch.Tensor:
+    """``log ∫ p(x, z) dz`` by a Riemann sum on a grid over ``[−9, 9]^d`` (d = 1 or 2): ``(B,)``."""
+    d = vae.latent
+    n = 20001 if d == 1 else 601
+    axis = torch.linspace(-9, 9, n, dtype=torch.float64)
+    grid = axis[:, None] if d == 1 else torch.cartesian_prod(axis, axis)
+    cell = math.log(18 / (n - 1)) * d
+    with torch.no_grad():
+        return torch.stack([torch.logsumexp(vae.log_joint(xi.expand(len(grid), -1), grid), 0) + cell
+                            for xi in x])
+
+
+@pytest.mark.parametrize("kind", POSTERIORS)
+def test_elbo_below_iw_below_exact_log_px(kind):
+    vae = tiny_vae(kind)
+    x = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 1, 0]], dtype=torch.float64)
+    exact = exact_log_px(vae, x)
+    with torch.no_grad():
+        log_w = vae.log_weights(x, 20000, generator=torch.Generator().manual_seed(1))
+    elbo, iw = log_w.mean(1), torch.logsumexp(log_w, 1) - math.log(log_w.shape[1])
+    w = (log_w - iw[:, None]).exp()  # weights relative to their mean: the delta-method error of iw
+    stderr = w.std(1) / math.sqrt(log_w.shape[1])
+    assert torch.all(elbo <= iw)  # Jensen on the same draws
+    assert torch.all(elbo < exact - 1e-3)  # the gap is KL(q(z|x) ‖ p(z|x)) > 0 for a random q
+    assert torch.all((iw - exact).abs() <= 4 * stderr + 1e-4)  # S = 20000: log p(x) to its error
+    # the bound itself, E[iw_S] <= log p(x), on groups of S = 10: below exact, above the ELBO
+    iw10 = (torch.logsumexp(log_w.reshape(3, -1, 10), 2) - math.log(10)).mean(1)
+    assert torch.all(elbo < iw10) and torch.all(iw10 < exact)
+
+
+@pytest.mark.parametrize("kind", POSTERIORS)
+def test_posterior_log_dets_against_autograd(kind):
+    vae = tiny_vae(kind, seed=3)
+    torch.manual_seed(4)
+    x = torch.randint(0, 2, (5, 4)).double()
+    _, _, rest = vae.encode(x)
+    rest = rest.detach()
+    z0 = torch.randn(5, vae.latent, dtype=torch.float64)
+    _, log_det = vae.transform(z0, rest)
+    expected = jacobian_log_dets(lambda z: vae.transform(z, rest)[0], z0)
+    torch.testing.assert_close(log_det, expected, atol=1e-10, rtol=0)
+
+
+def test_per_example_planar_and_radial_layers_in_higher_dimension():
+    torch.manual_seed(5)
+    b, d = 6, 5
+    z = torch.randn(b, d, dtype=torch.float64)
+    u, w, z0 = (torch.randn(b, d, dtype=torch.float64) for _ in range(3))
+    s, t, c = (torch.randn(b, dtype=torch.float64) for _ in range(3))
+    for fn in (lambda v: planar_step(v, u, w, s), lambda v: radial_step(v, z0, t, c)):
+        torch.testing.assert_close(fn(z)[1], jacobian_log_dets(lambda v, fn=fn: fn(v)[0], z),
+                                   atol=1e-10, rtol=0)
+    # wᵀû > −1 for any raw u, w: the planar map stays invertible (log-det finite)
+    _, ld = planar_step(z, -10 * w, w, s)
+    assert torch.isfinite(ld).all()
+
+
+def test_iw_with_one_draw_is_the_elbo_of_that_draw():
+    vae = tiny_vae("planar")
+    x = torch.tensor([[0, 1, 1, 0], [1, 0, 1, 1]], dtype=torch.float64)
+    elbo, iw = bounds(vae, x, 1, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(elbo, iw, atol=0, rtol=0)
+    with torch.no_grad():
+        direct = vae.log_weights(x, 1, generator=torch.Generator().manual_seed(9))[:, 0]
+    torch.testing.assert_close(elbo, direct, atol=1e-12, rtol=0)
+
+
+def test_dynamic_binarisation_is_bernoulli_with_the_level_as_mean():
+    levels = torch.arange(17, dtype=torch.uint8).repeat(20000, 1)
+    draws = binarize(levels, 17, generator=torch.Generator().manual_seed(0))
+    assert set(draws.unique().tolist()) <= {0.0, 1.0}
+    p = torch.arange(17) / 16
+    torch.testing.assert_close(draws.mean(0).double(), p.double(), atol=4 * 0.5 / 20000 ** 0.5, rtol=0)
+    again = binarize(levels[:4], 17, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(again, draws[:4])  # fresh draws each call
+
+
+TINY_RUN = ("--data", "digits", "--posterior", "planar", "--length", "2", "--latent", "3",
+            "--hidden", "16", "--epochs", "2", "--batch-size", "64", "--iw-samples", "20",
+            "--threads", "1", "--quiet")
+
+
+def test_realnvp_vae_run_and_resume_equals_an_uninterrupted_run(tmp_path, capsys):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    code, out, err = cli(capsys, "vae", *TINY_RUN, "--out", whole)
+    assert code == 0, err
+    assert "-log p(x)" in out
+    for name in ("config.json", "vae.json", "metrics.csv", "eval.json", "checkpoints/last.safetensors"):
+        assert (whole / name).exists(), name
+    result = json.loads((whole / "eval.json").read_text())
+    assert result["iw_samples"] == 20 and result["nll_iw"] <= result["neg_elbo"]
+    assert json.loads((whole / "vae.json").read_text())["posterior"] == "planar"
+
+    code, out, err = cli(capsys, "vae", *TINY_RUN, "--out", parts, "--max-steps", "30")  # mid-epoch 2
+    assert code == 0 and "continue with: realnvp vae --resume" in out, err
+    code, out, err = cli(capsys, "vae", "--resume", parts, "--quiet")
+    assert code == 0, err
+    assert metrics_rows(parts) == metrics_rows(whole)
+    again = json.loads((parts / "eval.json").read_text())
+    assert again["nll_iw"] == pytest.approx(result["nll_iw"], abs=1e-9)
+    assert again["neg_elbo"] == pytest.approx(result["neg_elbo"], abs=1e-9)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--posterior", "bogus"), "unknown posterior 'bogus'"),
+    (("--posterior", "planar", "--length", "0"), "needs length >= 1"),
+    (("--posterior", "realnvp", "--latent", "1"), "needs latent >= 2"),
+    (("--data", "toy:moons"), "needs an image data set"),
+    (("--data", "nonsense"), "unknown data set"),
+    ((), "give the run directory"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, argv, message):
+    out = () if argv == () else ("--out", tmp_path / "run")
+    code, _, err = cli(capsys, "vae", "--data", "digits", "--threads", "1", *argv, *out)
+    assert code == 2 and message in one_line(err)
+    assert not (tmp_path / "run").exists()  # nothing left behind
+
+
+def test_the_mnist_recipe_reads():
+    from realnvp.cli.vae import read_recipe
+
+    cfg, spec = read_recipe("vae-mnist")
+    assert cfg.data == "mnist" and cfg.batch_size == 100
+    assert spec == dict(posterior="planar", length=80, latent=40, hidden=400, flow_hidden=320,
+                        iw_samples=5000)
