@@ -118,6 +118,9 @@ def test_realnvp_vae_run_and_resume_equals_an_uninterrupted_run(tmp_path, capsys
     result = json.loads((whole / "eval.json").read_text())
     assert result["iw_samples"] == 20 and result["nll_iw"] <= result["neg_elbo"]
     assert json.loads((whole / "vae.json").read_text())["posterior"] == "planar"
+    for command in (["info", whole], ["eval", whole], ["sample", whole, "-n", "4"]):
+        code, _, err = cli(capsys, *command)  # the run commands take flows only: one line
+        assert code == 2 and "is a run of realnvp vae" in one_line(err)
 
     code, out, err = cli(capsys, "vae", *TINY_RUN, "--out", parts, "--max-steps", "30")  # mid-epoch 2
     assert code == 0 and "continue with: realnvp vae --resume" in out, err

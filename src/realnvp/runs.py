@@ -70,7 +70,10 @@ def is_fit_run(path: Path) -> bool:
 
 def run_model(path: Path, cfg: Config, info: DataInfo) -> torch.nn.Module:
     """The (untrained) model of a run: the posterior of a ``realnvp fit`` run, the configuration's
-    flow otherwise."""
+    flow otherwise; a ``realnvp vae`` run is refused (the run commands take flows only)."""
+    if (path / "vae.json").is_file():
+        raise RunError(f"{path} is a run of realnvp vae: the run commands do not take VAE runs yet; "
+                       "its test -ELBO and importance-weighted -log p(x) are in eval.json")
     if is_fit_run(path):
         from .training.variational import posterior_from_spec, read_fit_spec
 
