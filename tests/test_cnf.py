@@ -211,3 +211,19 @@ def test_the_guard_ends_a_training_run_in_one_line(capsys, tmp_path):
                        "--set", "max_nfe=3")
     assert code == 1
     assert "max_nfe guard" in one_line(err)
+
+
+@pytest.mark.parametrize("name, shape, scales", [("ffjord-mnist", (1, 28, 28), 3),
+                                                 ("ffjord-cifar10", (3, 32, 32), 4)])
+def test_the_shipped_image_recipes_build_the_reference_layout(name, shape, scales):
+    from realnvp.config import CONFIG_DIR, read_config_file
+
+    cfg = read_config_file(CONFIG_DIR / f"{name}.json")
+    model = build_model(cfg, DataInfo(cfg.data, "image", shape, 256, num_classes=10))
+    assert isinstance(model, FFJORDImage) and model.config["num_scales"] == scales
+    assert (model.config["hidden_channels"], model.config["num_hidden_layers"],
+            model.config["num_blocks"], model.config["trace"]) == (64, 3, 2, "hutchinson")
+    # the same recipe class-conditional: every CNF reads the label's one-hot context
+    conditional = build_model(cfg.replace(conditional=True), DataInfo(cfg.data, "image", shape, 256,
+                                                                      num_classes=10))
+    assert conditional.context_features == 10

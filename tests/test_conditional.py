@@ -9,7 +9,7 @@ import torch
 
 from helpers import jacobian_log_dets, perturb
 from realnvp import Glow, RealNVP
-from realnvp.models import IAF, MAF, NSFAutoregressive, NSFCoupling, VectorRealNVP
+from realnvp.models import FFJORD, IAF, MAF, FFJORDImage, NSFAutoregressive, NSFCoupling, VectorRealNVP
 from realnvp.nets.context import one_hot
 
 K = 3
@@ -25,11 +25,19 @@ def vector_models():
         "iaf": lambda: IAF(2, num_layers=2, hidden=16, context_features=K),
         "nsf-autoregressive": lambda: NSFAutoregressive(2, num_layers=2, hidden=16, bins=4,
                                                         context_features=K),
+        # tight tolerances: the test compares the solved map with its Jacobian at 1e-7
+        "ffjord": lambda: FFJORD(2, hidden=16, num_hidden_layers=1, rtol=1e-10, atol=1e-10,
+                                 context_features=K),
     }
 
 
 def image_model():
     return RealNVP((1, 4, 4), num_scales=2, hidden_channels=4, num_blocks=1, context_features=K)
+
+
+def ffjord_image_model():
+    return FFJORDImage((1, 4, 4), num_scales=1, num_blocks=1, hidden_channels=2, num_hidden_layers=1,
+                       trace="exact", rtol=1e-9, atol=1e-9, context_features=K)
 
 
 def glow_model():
@@ -46,16 +54,17 @@ def _ready(model, x, c, scale=0.2):
     return model.eval()
 
 
-@pytest.mark.parametrize("name", list(vector_models()) + ["image", "glow"])
+@pytest.mark.parametrize("name", list(vector_models()) + ["image", "glow", "ffjord-image"])
 def test_conditional_density_is_exact_given_the_context(name):
     torch.manual_seed(1)
-    if name in ("image", "glow"):
-        model = image_model() if name == "image" else glow_model()
+    if name in ("image", "glow", "ffjord-image"):
+        model = {"image": image_model, "glow": glow_model, "ffjord-image": ffjord_image_model}[name]()
         x = torch.rand(3, 1, 4, 4, dtype=torch.float64) * 0.8 + 0.1
     else:
         model, x = vector_models()[name](), torch.randn(3, 2, dtype=torch.float64)
     c = torch.randn(3, K, dtype=torch.float64)
-    model = _ready(model, x, c, 0.05 if name == "glow" else 0.2)  # Glow's samples overflow at 0.2
+    small = name in ("glow", "ffjord-image")  # Glow's samples overflow at 0.2
+    model = _ready(model, x, c, 0.05 if small else 0.2)
     z, log_det = model.forward_with_log_det(x, c)
     torch.testing.assert_close(model.decode(z, c), x, atol=1e-8, rtol=1e-8)
     expected = jacobian_log_dets(lambda xb: model.encode(xb, c), x)
@@ -210,7 +219,7 @@ def test_context_columns_split_the_rows_and_keep_both_standardisations(tmp_path)
     assert rows.shape == (2000, 3)
 
 
-@pytest.mark.parametrize("model", ["realnvp", "maf", "nsf-coupling"])
+@pytest.mark.parametrize("model", ["realnvp", "maf", "nsf-coupling", "ffjord"])
 def test_conditional_tabular_run_end_to_end(tmp_path, capsys, model):
     import numpy as np
 

@@ -116,8 +116,8 @@ HELP = {
     "image_size": "side of the square images of the folder data set",
     "model": "the flow: realnvp (images and vectors), glow (images), maf, iaf, nsf-coupling, "
              "nsf-autoregressive (vectors), ffjord (images and vectors)",
-    "conditional": "class-conditional model p(x | label) on a labelled data set (realnvp; "
-                   "sample with --label)",
+    "conditional": "class-conditional model p(x | label) on a labelled data set (the image "
+                   "models: realnvp, glow, ffjord; sample with --label)",
     "context_columns": "tabular data: the columns (0-based) that are the context of a conditional "
                        "density p(other columns | these); sample with --context",
     "num_scales": "image models: scales of the multi-scale architecture (glow: levels)",

@@ -18,6 +18,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..nets.context import ContextSlot
 from .base import Bijector
 
 TRACES = ("exact", "hutchinson", "auto")
@@ -141,6 +142,9 @@ class CNF(Bijector):
             (means over the batch), integrated in training forward passes only.
         max_nfe: the guard: a solve that needs more function evaluations raises
             :class:`ODESolverError` naming it (as does torchdiffeq's "underflow in dt").
+        context: the :class:`~realnvp.nets.context.ContextSlot` of a conditional flow: the
+            dynamics are called as ``dynamics(t, z, context)`` with the slot's context (a context
+            passed to :meth:`forward` explicitly takes precedence).
         error_norm: how the adaptive solvers combine the local errors (each relative to
             ``atol + rtol·|y|``): ``"max"``, the largest of any example and feature (every
             example's state and log-det within the tolerances), or ``"rms"``, torchdiffeq's
@@ -156,7 +160,8 @@ class CNF(Bijector):
                  rtol: float = 1e-5, atol: float = 1e-5, adjoint: bool = False, trace: str = "auto",
                  noise: str = "rademacher", exact_max_dim: int = 8, eval_exact_max_dim: int = 32,
                  kinetic_energy: float = 0.0, jacobian_norm: float = 0.0, max_nfe: int = 10_000,
-                 error_norm: str = "max", solver_options: dict | None = None):
+                 error_norm: str = "max", solver_options: dict | None = None,
+                 context: ContextSlot | None = None):
         super().__init__()
         if not 0 < t1 < math.inf:
             raise ValueError(f"t1 must be a finite number > 0, got {t1}")
@@ -177,6 +182,7 @@ class CNF(Bijector):
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(sorted(SOLVERS))}, got {solver!r}")
         self.dynamics = dynamics
+        self.context_slot = context
         root = torch.tensor(float(t1)).sqrt()
         if train_t1:
             self.sqrt_end_time = nn.Parameter(root)
@@ -219,6 +225,8 @@ class CNF(Bijector):
     def _solve(self, x: Tensor, reverse: bool, with_log_det: bool, context: Tensor | None):
         from torchdiffeq import odeint, odeint_adjoint
 
+        if context is None and self.context_slot is not None:
+            context = self.context_slot.read()  # the context of the conditional flow's call
         dim = x[0].numel()
         trace = self.trace_mode(dim) if with_log_det else None
         regularize = self.training and torch.is_grad_enabled() and not reverse

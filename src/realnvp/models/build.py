@@ -29,7 +29,9 @@ def _image_model(cfg: Config, info: DataInfo) -> Flow:
         trace = "hutchinson" if cfg.trace_estimator == "auto" else cfg.trace_estimator
         return FFJORDImage(info.shape, num_scales=cfg.num_scales, num_blocks=cfg.num_blocks,
                            hidden_channels=cfg.hidden_channels, num_hidden_layers=cfg.num_layers,
-                           logit_alpha=cfg.logit_alpha, trace=trace, **_ode_options(cfg))
+                           logit_alpha=cfg.logit_alpha, trace=trace,
+                           context_features=info.num_classes if cfg.conditional else 0,
+                           **_ode_options(cfg))
     if cfg.model == "glow":
         return Glow(info.shape, num_levels=cfg.num_scales, steps_per_level=cfg.steps_per_level,
                     hidden_channels=cfg.hidden_channels, coupling=cfg.coupling,
@@ -46,7 +48,8 @@ def _vector_model(cfg: Config, info: DataInfo) -> Flow:
     k = info.context_features
     if cfg.model == "ffjord":
         return FFJORD(info.dim, hidden=cfg.hidden, num_hidden_layers=cfg.num_layers,
-                      num_blocks=cfg.num_blocks, trace=cfg.trace_estimator, **_ode_options(cfg))
+                      num_blocks=cfg.num_blocks, trace=cfg.trace_estimator, context_features=k,
+                      **_ode_options(cfg))
     if cfg.model == "realnvp":
         return VectorRealNVP(
             info.dim, num_couplings=cfg.num_couplings, hidden=cfg.hidden, num_layers=cfg.num_layers,
@@ -71,11 +74,9 @@ def build_model(cfg: Config, info: DataInfo) -> Flow:
     if cfg.model not in allowed:
         raise ConfigError(f"model {cfg.model} is not available for {info.kind} data ({info.name}); "
                           f"choose one of {', '.join(allowed)}")
-    if cfg.conditional and (info.kind != "image" or cfg.model not in ("realnvp", "glow")):
-        raise ConfigError(f"conditional: class-conditional training is available for the realnvp "
-                          f"and glow image models on labelled data, not for {cfg.model} on {info.name}")
-    if info.context_features and cfg.model == "ffjord":
-        raise ConfigError("context_columns: the ffjord model has no conditional version yet")
+    if cfg.conditional and (info.kind != "image" or cfg.model not in IMAGE_MODELS):
+        raise ConfigError(f"conditional: class-conditional training is available for the image "
+                          f"models on labelled data, not for {cfg.model} on {info.name}")
     if cfg.conditional and not info.num_classes:
         raise ConfigError(f"conditional: {info.name} has no class labels (labelled: digits)")
     try:

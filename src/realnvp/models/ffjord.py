@@ -6,6 +6,7 @@ from torch import Tensor
 
 from ..bijectors import Logit, MultiScale, Sequential, Squeeze
 from ..bijectors.cnf import CNF, regularization_loss, total_nfe
+from ..nets.context import ContextSlot, placeholder
 from ..nets.odefunc import ConcatSquashConvNet, ConcatSquashMLP
 from .flow import Flow
 from .image import _logit_domain
@@ -40,22 +41,28 @@ class FFJORD(_CNFModel, Flow):
     of 64, tanh, one block, ``T = 0.5`` learnt, dopri5 at ``atol = rtol = 1e-5``, exact trace);
     its tabular setting is ``activation="softplus", t1=1.0, atol=1e-8, rtol=1e-6``. See
     :class:`~realnvp.bijectors.CNF` for the solver, trace and regularisation options.
+    ``context_features = k > 0``: the conditional density ``p(x | c)`` for a ``(B, k)`` context,
+    which joins the time as the input of every concat-squash layer's gate and bias
+    (``dynamics(t, z, c)``).
     """
 
     def __init__(self, dim: int, hidden: int = 64, num_hidden_layers: int = 3, num_blocks: int = 1,
                  activation: str = "tanh", t1: float = 0.5, train_t1: bool = True, solver: str = "dopri5",
                  rtol: float = 1e-5, atol: float = 1e-5, adjoint: bool = False, trace: str = "auto",
                  noise: str = "rademacher", kinetic_energy: float = 0.0, jacobian_norm: float = 0.0,
-                 max_nfe: int = 10_000, validate_args: bool = True):
+                 max_nfe: int = 10_000, validate_args: bool = True, context_features: int = 0):
         if dim < 1 or hidden < 1 or num_hidden_layers < 0 or num_blocks < 1:
             raise ValueError("dim, hidden and num_blocks must be >= 1 and num_hidden_layers >= 0")
         kw = _cnf_kwargs(t1, train_t1, solver, rtol, atol, adjoint, trace, noise, kinetic_energy,
                          jacobian_norm, max_nfe)
-        blocks = [CNF(ConcatSquashMLP(dim, hidden, num_hidden_layers, activation), **kw)
-                  for _ in range(num_blocks)]
-        super().__init__(Sequential(*blocks), event_shape=(dim,), validate_args=validate_args)
+        slot = ContextSlot(context_features) if context_features else None
+        blocks = [CNF(ConcatSquashMLP(dim, hidden, num_hidden_layers, activation, context_features),
+                      context=slot, **kw) for _ in range(num_blocks)]
+        super().__init__(Sequential(*blocks), event_shape=(dim,), validate_args=validate_args,
+                         context=slot)
         self.config = dict(dim=dim, hidden=hidden, num_hidden_layers=num_hidden_layers,
-                           num_blocks=num_blocks, activation=activation, **kw)
+                           num_blocks=num_blocks, activation=activation,
+                           context_features=context_features, **kw)
 
 
 class FFJORDImage(_CNFModel, Flow):
@@ -74,7 +81,8 @@ class FFJORDImage(_CNFModel, Flow):
     The reference's MNIST/CIFAR-10 setting: ``hidden_channels=64, num_hidden_layers=3,
     num_blocks=2``, softplus, ``t1 = 1`` learnt, dopri5 at 1e-5 (a GPU job: about 1 bit/dim on
     MNIST after days). For a CPU smoke run use e.g. ``hidden_channels=4, num_hidden_layers=1,
-    num_blocks=1, num_scales=1, rtol=atol=1e-3``.
+    num_blocks=1, num_scales=1, rtol=atol=1e-3``. ``context_features = k > 0``: class-conditional
+    (or any ``(B, k)`` context), the context joining the time in every layer's gate and bias.
     """
 
     def __init__(self, in_shape: tuple[int, int, int], num_scales: int | None = None, num_blocks: int = 2,
@@ -82,7 +90,7 @@ class FFJORDImage(_CNFModel, Flow):
                  logit_alpha: float = 0.05, t1: float = 1.0, train_t1: bool = True, solver: str = "dopri5",
                  rtol: float = 1e-5, atol: float = 1e-5, adjoint: bool = False, trace: str = "hutchinson",
                  noise: str = "rademacher", kinetic_energy: float = 0.0, jacobian_norm: float = 0.0,
-                 max_nfe: int = 10_000, validate_args: bool = True):
+                 max_nfe: int = 10_000, validate_args: bool = True, context_features: int = 0):
         c, h, w = in_shape
         possible = 0
         hh, ww = h, w
@@ -97,8 +105,11 @@ class FFJORDImage(_CNFModel, Flow):
         kw = _cnf_kwargs(t1, train_t1, solver, rtol, atol, adjoint, trace, noise, kinetic_energy,
                          jacobian_norm, max_nfe)
 
+        slot = ContextSlot(context_features) if context_features else None
+
         def blocks(channels: int) -> list[CNF]:
-            return [CNF(ConcatSquashConvNet(channels, hidden_channels, num_hidden_layers, activation), **kw)
+            return [CNF(ConcatSquashConvNet(channels, hidden_channels, num_hidden_layers, activation,
+                                            context_features), context=slot, **kw)
                     for _ in range(num_blocks)]
 
         stages = []
@@ -108,9 +119,11 @@ class FFJORDImage(_CNFModel, Flow):
                 c = 2 * c
             else:
                 stages.append(Sequential(*blocks(c)))
-        bijector = Sequential(Logit(logit_alpha), MultiScale(stages, tuple(in_shape)))
+        with placeholder(slot):  # MultiScale probes each stage's output shape with one example
+            bijector = Sequential(Logit(logit_alpha), MultiScale(stages, tuple(in_shape)))
         super().__init__(bijector, event_shape=tuple(in_shape), support=_logit_domain(logit_alpha),
-                         validate_args=validate_args)
+                         validate_args=validate_args, context=slot)
         self.config = dict(in_shape=tuple(in_shape), num_scales=num_scales, num_blocks=num_blocks,
                            hidden_channels=hidden_channels, num_hidden_layers=num_hidden_layers,
-                           activation=activation, logit_alpha=logit_alpha, **kw)
+                           activation=activation, logit_alpha=logit_alpha,
+                           context_features=context_features, **kw)
