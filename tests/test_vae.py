@@ -81,6 +81,12 @@ def test_per_example_planar_and_radial_layers_in_higher_dimension():
     # wᵀû > −1 for any raw u, w: the planar map stays invertible (log-det finite)
     _, ld = planar_step(z, -10 * w, w, s)
     assert torch.isfinite(ld).all()
+    # radial: raw β far below −α (invertibility violated before the reparametrisation)
+    big = torch.full((b,), -30.0, dtype=torch.float64)
+    fn = lambda v: radial_step(v, z0, t, big)  # noqa: E731
+    _, ld = fn(z)
+    assert torch.isfinite(ld).all()
+    torch.testing.assert_close(ld, jacobian_log_dets(lambda v: fn(v)[0], z), atol=1e-8, rtol=0)
 
 
 def test_iw_with_one_draw_is_the_elbo_of_that_draw():
