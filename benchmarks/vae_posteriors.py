@@ -28,7 +28,7 @@ from realnvp.data import DataInfo
 from realnvp.training.data import TrainingData
 from realnvp.training.vae import train_vae
 
-POSTERIORS = {"gaussian": ("gaussian", 1), "planar K=10": ("planar", 10),
+POSTERIORS = {"gaussian": ("gaussian", 1), "planar K=10": ("planar", 10), "planar K=20": ("planar", 20),
               "planar K=40": ("planar", 40), "planar K=80": ("planar", 80),
               "radial K=10": ("radial", 10), "IAF K=4": ("iaf", 4), "RealNVP K=4": ("realnvp", 4)}
 
