@@ -72,15 +72,14 @@ def print_eval(result: dict, prefix: str) -> None:
     baseline below it."""
     n = result["num_examples"]
     bpd = f"{result['bits_per_dim']:.4f} ± {result['bits_per_dim_stderr']:.4f} bits/dim"
-    if result.get("dequantization") == "variational":
-        bpd += " (variational dequantization)"
     if "nll_nats" in result:
         line = (f"{prefix}: NLL {result['nll_nats']:.4f} ± {result['nll_nats_stderr']:.4f} nats "
                 f"({bpd}) over {n} examples")
     else:
         line = f"{prefix}: {bpd} over {n} examples"
     if result.get("dequant_samples"):
-        line += f" ({result['dequant_samples']} dequantization draws)"
+        learned = ", variational dequantization" if result.get("dequantization") == "variational" else ""
+        line += f" ({result['dequant_samples']} dequantization draws{learned})"
     print(line)
     if "entropy_gap_nats" in result:
         print(f"  gap to the generator's entropy {result['entropy_nats']:.4f} nats: "

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..bijectors import Bijector, MultiScale, Sequential
+from ..bijectors import Bijector, Sequential
 from ..nets import weight_norm_magnitudes
 from ..nets.context import ContextSlot
 
@@ -155,9 +155,10 @@ class Flow(nn.Module):
         body = self.bijector
         if isinstance(body, Sequential) and len(body):
             body = body[-1]
-        if not isinstance(body, MultiScale):
+        slices = getattr(body, "scale_slices", None)  # a multi-scale bijector's (no layer named here)
+        if slices is None:
             raise ValueError(f"{type(self).__name__} is not a multi-scale flow: its latent has no scales")
-        return body.scale_slices()
+        return slices()
 
     def _check_latent(self, z: Tensor) -> None:
         if not isinstance(z, Tensor):

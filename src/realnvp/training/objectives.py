@@ -116,6 +116,10 @@ class MaximumLikelihood(Objective):
         x, context = batch_parts(batch, info, ctx.device)
         y, log_q = model_input(x.to(ctx.device), info, shard=(ctx.dist.rank, ctx.dist.world_size),
                                dequantizer=self._q)
+        if self._q is not None and not bool(torch.isfinite(y).all()):
+            # a diverged dequantizer: a non-finite step (dropped, counted), not a refused input
+            nan = torch.tensor(math.nan, device=ctx.device)
+            return nan, nan
         with autocast(ctx.device, cfg.precision):
             log_p = ctx.net(y) if context is None else ctx.net(y, context)
         bpd = bits_per_dim(log_p if log_q is None else log_p - log_q, info.dim, info.num_levels).mean()
