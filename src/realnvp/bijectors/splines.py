@@ -37,10 +37,10 @@ def spline_knots(raw: Tensor, bound: float, min_bin: float) -> Tensor:
     if min_bin * k >= 1:
         raise ValueError(f"min_bin={min_bin} leaves no room for {k} bins (needs min_bin * bins < 1)")
     sizes = min_bin + (1 - min_bin * k) * torch.softmax(raw, dim=-1)
-    knots = F.pad(torch.cumsum(sizes, dim=-1), (1, 0))
-    knots = 2 * bound * knots - bound
-    return torch.cat((knots[..., :1].clamp(-bound, -bound), knots[..., 1:-1],
-                      knots[..., -1:].clamp(bound, bound)), dim=-1)
+    # the interior knots from the running sum; the end knots set to ±bound exactly (the sum's
+    # last entry is 1 only up to round-off)
+    interior = 2 * bound * torch.cumsum(sizes[..., :-1], dim=-1) - bound
+    return F.pad(F.pad(interior, (1, 0), value=-bound), (0, 1), value=bound)
 
 
 def spline_derivatives(raw: Tensor, min_derivative: float) -> Tensor:

@@ -93,3 +93,23 @@ def print_eval(result: dict, prefix: str) -> None:
               f"bits/dim, importance-weighted {result['uniform_importance_weighted_bpd']:.4f}")
     if result.get("histogram_baseline_bpd") is not None:
         print(f"  (per-pixel histogram baseline: {result['histogram_baseline_bpd']:.4f} bits/dim)")
+
+
+def add_run_options(parser, flags: dict, what: str) -> None:
+    """The options every command that writes a run shares: its configuration ``flags`` (option
+    -> (key, type), ``--device`` with its choices), ``--out``, ``--resume``, ``--quiet``,
+    ``--max-steps`` and ``--time-budget`` (``what``: the word for the run's work in the help,
+    e.g. "training")."""
+    from ..config import DEVICES
+
+    for flag, (key, typ) in flags.items():
+        parser.add_argument(flag, dest=key, type=typ, default=None,
+                            choices=DEVICES if key == "device" else None)
+    parser.add_argument("--out", help="run directory")
+    parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN",
+                        help="continue the run in RUN (or --out) from its last checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--max-steps", type=positive_int, metavar="N",
+                        help="stop after N optimizer steps in all")
+    parser.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
+                        help=f"stop at the first step boundary after SECONDS of {what}")

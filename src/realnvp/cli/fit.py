@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .common import UsageError, positive_float, positive_int, writable_dir
+from .common import UsageError, add_run_options, positive_int, writable_dir
 
 FIT_FLAGS = {  # option -> (config key, type)
     "--epochs": ("epochs", int), "--batch-size": ("batch_size", int), "--lr": ("lr", float),
@@ -69,7 +69,6 @@ def cmd_fit(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from ..config import DEVICES
     from ..vi.posteriors import POSTERIORS
     from ..vi.targets import TARGETS
 
@@ -90,14 +89,5 @@ def add_parser(sub) -> None:
                    help="samples of each evaluation (the final one takes 4x)")
     f.add_argument("--eval-particles", type=positive_int, default=64,
                    help="samples per importance-weighted bound in the final evaluation")
-    for flag, (key, typ) in FIT_FLAGS.items():
-        f.add_argument(flag, dest=key, type=typ, default=None,
-                       choices=DEVICES if key == "device" else None)
-    f.add_argument("--out", help="run directory")
-    f.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN",
-                   help="continue the fit in RUN (or --out) from its last checkpoint")
-    f.add_argument("--quiet", action="store_true", help="no progress bars")
-    f.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N optimizer steps in all")
-    f.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
-                   help="stop at the first step boundary after SECONDS of fitting")
+    add_run_options(f, FIT_FLAGS, "fitting")
     f.set_defaults(func=cmd_fit)

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from .common import UsageError, positive_float, positive_int, writable_dir
+from .common import UsageError, add_run_options, positive_int, writable_dir
 
 VAE_FLAGS = {  # option -> (config key, type)
     "--data": ("data", str), "--data-dir": ("data_dir", str), "--epochs": ("epochs", int),
@@ -85,7 +85,6 @@ def cmd_vae(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from ..config import DEVICES
 
     f = sub.add_parser("vae", help="train a VAE with a flow posterior (amortised variational inference)")
     f.add_argument("--posterior", help="gaussian, planar, radial, iaf or realnvp (default gaussian)")
@@ -97,14 +96,5 @@ def add_parser(sub) -> None:
     f.add_argument("--iw-samples", dest="iw_samples", type=positive_int,
                    help="draws per test image of the importance-weighted -log p(x) (default 5000)")
     f.add_argument("--config", help="a JSON recipe (e.g. vae-mnist): configuration keys and a 'vae' entry")
-    for flag, (key, typ) in VAE_FLAGS.items():
-        f.add_argument(flag, dest=key, type=typ, default=None,
-                       choices=DEVICES if key == "device" else None)
-    f.add_argument("--out", help="run directory")
-    f.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN",
-                   help="continue the run in RUN (or --out) from its last checkpoint")
-    f.add_argument("--quiet", action="store_true", help="no progress bars")
-    f.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N optimizer steps in all")
-    f.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
-                   help="stop at the first step boundary after SECONDS of training")
+    add_run_options(f, VAE_FLAGS, "training")
     f.set_defaults(func=cmd_vae)
