@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 
@@ -113,3 +114,25 @@ def add_run_options(parser, flags: dict, what: str) -> None:
                         help="stop after N optimizer steps in all")
     parser.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
                         help=f"stop at the first step boundary after SECONDS of {what}")
+
+
+@contextlib.contextmanager
+def run_directory(out, resume: bool):
+    """The run directory ``out`` of a command that writes a run (train, fit, vae), checked
+    writable unless resuming; a run that fails before writing anything but its lock leaves no
+    empty folder behind (rank 0 alone tidies up under torchrun, so no rank removes a folder
+    another one is about to write into)."""
+    from ..training.rundir import LOCK
+
+    run_dir = Path(out)
+    created = not resume and not run_dir.exists()
+    if not resume:
+        writable_dir(run_dir)
+    try:
+        yield run_dir
+    except BaseException:
+        if created and os.environ.get("RANK", "0") == "0" and run_dir.is_dir() \
+                and {p.name for p in run_dir.iterdir()} <= {LOCK}:
+            (run_dir / LOCK).unlink(missing_ok=True)
+            run_dir.rmdir()
+        raise

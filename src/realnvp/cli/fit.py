@@ -7,10 +7,7 @@ samples beside the target after every epoch, ``eval.json``); ``--resume RUN`` co
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from .common import UsageError, add_run_options, positive_int, writable_dir
+from .common import UsageError, add_run_options, positive_int, run_directory
 
 FIT_FLAGS = {  # option -> (config key, type)
     "--epochs": ("epochs", int), "--batch-size": ("batch_size", int), "--lr": ("lr", float),
@@ -20,7 +17,6 @@ FIT_FLAGS = {  # option -> (config key, type)
 
 def cmd_fit(args) -> int:
     from ..config import Config
-    from ..training.rundir import LOCK
     from ..training.variational import fit, summary
     from ..vi.bounds import NoSamplingDirection
     from ..vi.targets import TargetError
@@ -37,27 +33,19 @@ def cmd_fit(args) -> int:
     # the defaults of a fit (not a data set's recipe): Adam at 1e-3, no penalty, a picture per epoch
     cfg = Config(epochs=10, batch_size=256, lr=1e-3, l2=0.0, valid_size=0, source="realnvp fit")
     cfg = cfg.replace(**overrides)
-    run_dir = Path(out)
-    created = not resume and not run_dir.exists()
-    if not resume:
-        writable_dir(run_dir)
-    args.resume_hint = f"realnvp fit --resume {run_dir}"
-    try:
-        result = fit(cfg, run_dir, target=args.target, flow=args.flow, length=args.length,
-                     hidden=args.hidden, steps_per_epoch=args.steps_per_epoch,
-                     anneal_steps=args.anneal_steps, particles=args.particles,
-                     eval_samples=args.eval_samples, eval_particles=args.eval_particles,
-                     resume=resume, overrides=overrides if resume else None, quiet=args.quiet,
-                     max_steps=args.max_steps, time_budget=args.time_budget)
-    except BaseException as e:
-        # a fit that failed before writing anything leaves no empty folder
-        if created and os.environ.get("RANK", "0") == "0" and run_dir.is_dir() \
-                and {p.name for p in run_dir.iterdir()} <= {LOCK}:
-            (run_dir / LOCK).unlink(missing_ok=True)
-            run_dir.rmdir()
-        if isinstance(e, TargetError | NoSamplingDirection) or type(e) is ValueError:
-            raise UsageError(str(e)) from e  # a bad target, posterior or setting: one line
-        raise
+    with run_directory(out, resume) as run_dir:
+        args.resume_hint = f"realnvp fit --resume {run_dir}"
+        try:
+            result = fit(cfg, run_dir, target=args.target, flow=args.flow, length=args.length,
+                         hidden=args.hidden, steps_per_epoch=args.steps_per_epoch,
+                         anneal_steps=args.anneal_steps, particles=args.particles,
+                         eval_samples=args.eval_samples, eval_particles=args.eval_particles,
+                         resume=resume, overrides=overrides if resume else None, quiet=args.quiet,
+                         max_steps=args.max_steps, time_budget=args.time_budget)
+        except (TargetError, NoSamplingDirection, ValueError) as e:
+            if isinstance(e, TargetError | NoSamplingDirection) or type(e) is ValueError:
+                raise UsageError(str(e)) from e  # a bad target, posterior or setting: one line
+            raise
     if result:
         if result.get("stopped"):
             print(f"stopped at step {result['steps']} ({result['stopped'].replace('_', ' ')}); "

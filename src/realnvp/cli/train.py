@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-from .common import UsageError, positive_float, positive_int, print_eval, writable_dir
+from .common import UsageError, positive_float, positive_int, print_eval, run_directory
 
 
 def _columns(text: str) -> list[int]:
@@ -46,7 +45,6 @@ def _parse_set(items: list[str]) -> dict:
 def cmd_train(args) -> int:
     from ..config import Config, config_file_for, read_config_file
     from ..training import train
-    from ..training.rundir import LOCK
 
     overrides = {key: getattr(args, key) for key, _ in TRAIN_FLAGS.values()
                  if getattr(args, key) is not None}
@@ -73,23 +71,11 @@ def cmd_train(args) -> int:
     if out is None:
         safe = cfg.data.replace(":", "-")
         out = f"runs/{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(out)
-    created = not resume and not run_dir.exists()
-    if not resume:
-        writable_dir(run_dir)
-    args.resume_hint = f"realnvp train --resume {run_dir}"
-    try:
+    with run_directory(out, resume) as run_dir:
+        args.resume_hint = f"realnvp train --resume {run_dir}"
         result = train(cfg, run_dir, resume=resume, overrides=overrides if resume else None,
                        quiet=args.quiet, max_steps=args.max_steps, time_budget=args.time_budget,
                        overwrite=args.overwrite)
-    except BaseException:
-        # a run that failed before writing anything leaves no empty folder (rank 0 alone tidies
-        # up under torchrun, so no rank removes a folder another one is about to write into)
-        if created and os.environ.get("RANK", "0") == "0" and run_dir.is_dir() \
-                and {p.name for p in run_dir.iterdir()} <= {LOCK}:
-            (run_dir / LOCK).unlink(missing_ok=True)
-            run_dir.rmdir()
-        raise
     if result:
         if result.get("stopped") == "early_stopping":
             print(f"stopped early after epoch {result['epochs']}: no better validation score for "

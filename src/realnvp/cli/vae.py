@@ -11,10 +11,9 @@ image); ``--resume RUN`` continues it. ``--config vae-mnist`` is the R&M MNIST r
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from .common import UsageError, add_run_options, positive_int, writable_dir
+from .common import UsageError, add_run_options, positive_int, run_directory
 
 VAE_FLAGS = {  # option -> (config key, type)
     "--data": ("data", str), "--data-dir": ("data_dir", str), "--epochs": ("epochs", int),
@@ -49,7 +48,6 @@ def read_recipe(path: str | None):
 
 
 def cmd_vae(args) -> int:
-    from ..training.rundir import LOCK
     from ..training.vae import summary, train_vae
 
     overrides = {key: getattr(args, key) for key, _ in VAE_FLAGS.values() if getattr(args, key) is not None}
@@ -60,22 +58,15 @@ def cmd_vae(args) -> int:
     cfg, spec = read_recipe(args.config)
     cfg = cfg.replace(**overrides)
     spec.update({k: getattr(args, k) for k in VAE_DEFAULTS if getattr(args, k) is not None})
-    run_dir = Path(out)
-    created = not resume and not run_dir.exists()
-    if not resume:
-        writable_dir(run_dir)
-    args.resume_hint = f"realnvp vae --resume {run_dir}"
-    try:
-        result = train_vae(cfg, run_dir, **spec, resume=resume, overrides=overrides if resume else None,
-                           quiet=args.quiet, max_steps=args.max_steps, time_budget=args.time_budget)
-    except BaseException as e:
-        if created and os.environ.get("RANK", "0") == "0" and run_dir.is_dir() \
-                and {p.name for p in run_dir.iterdir()} <= {LOCK}:
-            (run_dir / LOCK).unlink(missing_ok=True)
-            run_dir.rmdir()
-        if type(e) is ValueError:
-            raise UsageError(f"realnvp vae: {e}") from e  # a bad posterior, length or data set
-        raise
+    with run_directory(out, resume) as run_dir:
+        args.resume_hint = f"realnvp vae --resume {run_dir}"
+        try:
+            result = train_vae(cfg, run_dir, **spec, resume=resume, overrides=overrides if resume else None,
+                               quiet=args.quiet, max_steps=args.max_steps, time_budget=args.time_budget)
+        except ValueError as e:
+            if type(e) is ValueError:
+                raise UsageError(f"realnvp vae: {e}") from e  # a bad posterior, length or data set
+            raise
     if result:
         if result.get("stopped"):
             print(f"stopped at step {result['steps']} ({result['stopped'].replace('_', ' ')}); "
