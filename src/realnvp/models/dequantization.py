@@ -106,47 +106,43 @@ class VariationalDequantizer(nn.Module):
         return Conditioned(GlowNet(mask.in_features + self.slot.features, 2 * mask.out_features,
                                    hidden), self.slot)
 
-    def _condition(self, x: Tensor) -> None:
+    def _flow(self, x: Tensor, v: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        """``g`` (``ε → z``, ``log|det ∂z/∂ε|``) or its inverse (``z → ε``, ``log|det ∂ε/∂z|``)
+        given the features of the levels ``x`` (set in the slot for this call only)."""
+        x = x if x.is_floating_point() else x.float()
         if x.dim() != 4 or tuple(x.shape[1:]) != self.shape:
             raise ValueError(f"expected images of shape (B, {', '.join(map(str, self.shape))}), "
                              f"got {tuple(x.shape)}")
         self.slot.value = self.features(_levels_to_net(x, self.num_levels))
+        try:
+            return self.flow.inverse(v) if inverse else self.flow(v)
+        finally:
+            self.slot.value = None  # the features of this batch are not kept past the call
 
     @staticmethod
-    def _log_sigmoid_grad(z: Tensor) -> Tensor:
-        return -(F.softplus(-z) + F.softplus(z)).flatten(1).sum(dim=1)
-
-    def _to_unit(self, z: Tensor) -> Tensor:
-        return torch.sigmoid(z).clamp(max=1 - torch.finfo(z.dtype).eps / 2)
+    def _log_q(eps: Tensor, log_det_eps: Tensor, z: Tensor) -> Tensor:
+        """``log N(ε) + log|det ∂ε/∂z| − Σ log sigmoid'(z)``, the one formula of both directions."""
+        log_sigmoid_grad = -(F.softplus(-z) + F.softplus(z)).flatten(1).sum(dim=1)
+        return standard_normal_log_prob(eps.flatten(1)) + log_det_eps - log_sigmoid_grad
 
     def sample_and_log_prob(self, x: Tensor, shard: tuple[int, int] = (0, 1)) -> tuple[Tensor, Tensor]:
         """``x`` ``(B, C, H, W)`` levels -> ``(u, log q(u|x))``: ``u`` of ``x``'s shape in
         ``[0, 1)``, the ``(B,)`` log-density in nats; reparametrised (differentiable in the
         dequantizer's parameters). ``ε`` comes from the global RNG through :func:`shard_noise`
         (``shard``: as for the uniform dequantizer)."""
-        x = x if x.is_floating_point() else x.float()
-        self._condition(x)
-        eps = shard_noise(torch.randn, x, shard)
-        try:
-            z, log_det = self.flow(eps)
-        finally:
-            self.slot.value = None  # the features of this batch are not kept past the call
-        log_q = standard_normal_log_prob(eps.flatten(1)) - log_det - self._log_sigmoid_grad(z)
-        return self._to_unit(z), log_q
+        eps = shard_noise(torch.randn, x if x.is_floating_point() else x.float(), shard)
+        z, log_det = self._flow(x, eps, inverse=False)
+        u = torch.sigmoid(z).clamp(max=1 - torch.finfo(z.dtype).eps / 2)
+        return u, self._log_q(eps, -log_det, z)
 
     forward = sample_and_log_prob
 
     def log_prob(self, u: Tensor, x: Tensor) -> Tensor:
         """``(B,)`` ``log q(u|x)`` in nats of offsets ``u`` in ``(0, 1)`` given levels ``x``
         (both ``(B, C, H, W)``): the density direction, ``z = logit(u)``, ``ε = g⁻¹(z)``."""
-        x = x if x.is_floating_point() else x.float()
-        self._condition(x)
         z = torch.logit(u)
-        try:
-            eps, log_det = self.flow.inverse(z)
-        finally:
-            self.slot.value = None
-        return standard_normal_log_prob(eps.flatten(1)) + log_det - self._log_sigmoid_grad(z)
+        eps, log_det = self._flow(x, z, inverse=True)
+        return self._log_q(eps, log_det, z)
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, num_levels={self.num_levels}"
