@@ -26,6 +26,7 @@ from realnvp.bijectors import (
 )
 from realnvp.bijectors.glow import edge_pad
 from realnvp.models.flow import standard_normal_log_prob
+from realnvp.nets.context import ContextSlot
 
 CONFIGS = {
     "3x8x8-affine": lambda: Glow((3, 8, 8), num_levels=2, steps_per_level=2, hidden_channels=8),
@@ -229,6 +230,35 @@ def test_learned_top_prior_is_a_gaussian_depending_on_position_through_the_edges
     assert torch.allclose(mean[0, :, 1:3, 1:3], mean[0, :, 1:2, 1:2].expand(2, 2, 2))
     assert not torch.allclose(mean[0, :, 0, 0], mean[0, :, 1, 1])
     check_round_trip(layer, x, atol=1e-12)
+
+
+def test_conditional_top_prior_adds_a_linear_map_of_the_context_as_the_authors_ycond():
+    """openai/glow ``prior``: ``h = conv2d_zeros(0)`` (learntop) ``+ linear_zeros(y_onehot)``
+    broadcast over positions; ``μ = h[:, :C]``, ``log σ = h[:, C:]``. The context moves the top
+    prior's Gaussian (not only the couplings'), and a context-free map would fail this test."""
+    torch.manual_seed(0)
+    slot = ContextSlot(3)
+    layer = perturb(LearnedPrior(2, 4, 4, context=slot), 0.3).double()
+    x = torch.randn(5, 2, 4, 4, dtype=torch.float64)
+    c = F.one_hot(torch.tensor([0, 1, 2, 1, 0]), 3).double()
+    slot.value = c
+    h = layer.net(torch.zeros(1, 4, 4, 4, dtype=torch.float64)) + (c @ layer.embed.weight.T
+                                                                   + layer.embed.bias)[:, :, None, None]
+    mean, logs = h[:, :2], h[:, 2:]
+    y, log_det = layer(x)
+    torch.testing.assert_close(y, (x - mean) * torch.exp(-logs), atol=1e-12, rtol=0)
+    torch.testing.assert_close(log_det, -logs.sum(dim=(1, 2, 3)), atol=1e-12, rtol=0)
+    assert not torch.allclose(log_det[0], log_det[1])  # labels 0 and 1: different Gaussians
+    check_round_trip(layer, x, atol=1e-12)
+    check_log_det(layer, x, atol=1e-10)
+    # without learn_top the prior is the context's alone; at the start it is N(0, I)
+    fresh = LearnedPrior(2, 4, 4, context=slot, learn_top=False).double()
+    assert fresh.net is None
+    y, log_det = fresh(x)
+    assert torch.equal(y, x) and not log_det.any()
+    slot.value = None
+    with pytest.raises(ValueError, match="learn_top or a context"):
+        LearnedPrior(2, 4, 4, learn_top=False)
 
 
 def test_zero_conv_starts_at_zero_and_scales_by_exp_three_logs():

@@ -222,29 +222,49 @@ class SplitPrior(Bijector):
 
 
 class LearnedPrior(Bijector):
-    """Glow's learned top prior (the code's ``prior`` with ``--learntop``), as a bijector on the
-    last level's output ``(B, C, H, W)``: ``z -> (z − μ) · exp(−log σ)``, log-det ``−Σ log σ``,
-    so the flow's standard normal on the result is ``N(z; μ, σ²)``.
+    """Glow's top prior (the code's ``prior``), as a bijector on the last level's output
+    ``(B, C, H, W)``: ``z -> (z − μ) · exp(−log σ)``, log-det ``−Σ log σ``, so the flow's standard
+    normal on the result is ``N(z; μ, σ²)``.
 
-    As in the code, ``h = ZeroConv2d(zeros(1, 2C, H, W))`` (3×3, 2C channels, edge bias),
-    ``μ = h[:, :C]``, ``log σ = h[:, C:]``: the input is zero, so μ and log σ depend on the
-    position only through the edge-padding channel (interior, edges and corners can differ) and on
-    the layer's bias. Both start at 0 (a standard normal, the layer the identity)."""
+    As in the code, ``h = 0`` of shape ``(2C, H, W)``; with ``learn_top`` (``--learntop``)
+    ``h = ZeroConv2d(h)`` (3×3, 2C channels, edge bias: the input is zero, so μ and log σ depend
+    on the position only through the edge-padding channel, interior, edges and corners can differ,
+    and on the layer's bias); with a context slot (``--ycond``) ``h += W c`` with ``W`` a
+    zero-initialised linear map of the ``(B, k)`` context to ``2C`` values, the same at every
+    position (the code's ``linear_zeros("y_emb", y_onehot, 2 * n_z)``). ``μ = h[:, :C]``,
+    ``log σ = h[:, C:]``. Everything starts at 0 (a standard normal, the layer the identity)."""
 
     recomputable = True
 
-    def __init__(self, channels: int, height: int, width: int, edge_bias: bool = True):
+    def __init__(self, channels: int, height: int, width: int, edge_bias: bool = True,
+                 context: ContextSlot | None = None, learn_top: bool = True):
         super().__init__()
+        if not learn_top and context is None:
+            raise ValueError("LearnedPrior needs learn_top or a context: else it is N(0, I), no layer")
         self.channels, self.height, self.width = channels, height, width
-        self.net = ZeroConv2d(2 * channels, 2 * channels, 3, edge_bias)
+        self.net = ZeroConv2d(2 * channels, 2 * channels, 3, edge_bias) if learn_top else None
+        self.context = context
+        self.embed = None
+        if context is not None:
+            self.embed = nn.Linear(context.features, 2 * channels)
+            nn.init.zeros_(self.embed.weight)
+            nn.init.zeros_(self.embed.bias)
 
     def prior(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        """``(μ, log σ)``, each ``(1, C, H, W)``, in ``like``'s dtype."""
-        w = self.net.conv.weight
-        h = self.net(w.new_zeros(1, 2 * self.channels, self.height, self.width)).to(like.dtype)
+        """``(μ, log σ)`` in ``like``'s dtype, each ``(1, C, H, W)``, or ``(B, C, 1, 1)`` plus
+        that with a context (broadcast against ``(B, C, H, W)``)."""
+        h = 0
+        if self.net is not None:
+            w = self.net.conv.weight
+            h = self.net(w.new_zeros(1, 2 * self.channels, self.height, self.width))
+        if self.embed is not None:
+            c = self.context.read().to(self.embed.weight.dtype)
+            h = h + self.embed(c)[:, :, None, None]
+        h = h.to(like.dtype)
         return h[:, :self.channels], h[:, self.channels:]
 
     def _log_det(self, logs: Tensor, like: Tensor) -> Tensor:
+        logs = logs.expand(-1, -1, self.height, self.width)
         return -sum_except_batch(logs).expand(like.shape[0])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -258,7 +278,8 @@ class LearnedPrior(Bijector):
         return torch.addcmul(mean, y, torch.exp(logs)), (-self._log_det(logs, y) if with_log_det else None)
 
     def extra_repr(self) -> str:
-        return f"{self.channels}, {self.height}x{self.width}"
+        return (f"{self.channels}, {self.height}x{self.width}, learn_top={self.net is not None}, "
+                f"conditional={self.embed is not None}")
 
 
 class Shift(Bijector):

@@ -35,7 +35,7 @@ class Glow(Flow):
     at every level), then, at every level but the last, a split with Glow's learned prior
     (:class:`~realnvp.bijectors.glow.SplitPrior`): half of the channels leave the flow with the
     prior ``N(μ(z1), σ(z1)²)``, conditioned on the other half, which goes on to the next level.
-    With ``learn_top`` the last level ends in the learned top prior
+    With ``learn_top`` (or a context) the last level ends in the learned top prior
     (:class:`~realnvp.bijectors.glow.LearnedPrior`). Both priors are written as bijectors onto a
     standard normal, so :class:`~realnvp.Flow`'s standard-normal prior on the flat latent is
     exactly Glow's; the latent is ``[ε_1, …, ε_L]`` flattened, ordered as
@@ -66,8 +66,10 @@ class Glow(Flow):
     (see :meth:`~realnvp.Flow.memory_saving_`): every level is a chain it supports.
 
     ``context_features=k > 0``: the conditional flow ``p(x | c)`` (class-conditional with a
-    one-hot label): the ``(B, k)`` context reaches every coupling network and every split prior
-    as ``k`` constant input channels (the learned top prior stays unconditional).
+    one-hot label): the top prior's mean and log-scale get ``W c`` added, a zero-initialised
+    linear map of the context (the authors' ``--ycond``, their only conditioning of the flow),
+    and, beyond the code, the context also reaches every coupling network and every split prior
+    as ``k`` constant input channels.
     """
 
     def __init__(
@@ -166,7 +168,7 @@ def _levels(in_shape: tuple[int, int, int], num_levels: int, steps: int, hidden:
         if k < num_levels - 1:
             layers.append(SplitPrior(c, edge_bias, context))
             c //= 2
-        elif learn_top:
-            layers.append(LearnedPrior(c, h, w, edge_bias))
+        elif learn_top or context is not None:
+            layers.append(LearnedPrior(c, h, w, edge_bias, context, learn_top))
         levels.append(Sequential(*layers))
     return levels
