@@ -223,6 +223,8 @@ MODELS = {
     "iaf": lambda bn: IAF(3, num_layers=3, hidden=8, batch_norm=bn, permutation="random"),
     "nsf-coupling": lambda bn: NSFCoupling(3, num_layers=3, hidden=8, bins=3, bound=3.0, batch_norm=bn,
                                            permutation="random", seed=1),
+    "nsf-coupling-lu": lambda bn: NSFCoupling(3, num_layers=3, hidden=8, bins=3, bound=3.0, batch_norm=bn,
+                                              linear="lu", seed=2),
     "nsf-autoregressive": lambda bn: NSFAutoregressive(3, num_layers=2, hidden=8, bins=3, bound=3.0,
                                                        batch_norm=bn),
 }
@@ -309,6 +311,23 @@ def test_permutations():
         MAF(3, permutation="shuffle")
     with pytest.raises(ValueError, match="permutation must be None or 'random'"):
         NSFCoupling(3, permutation="reverse")
+    with pytest.raises(ValueError, match="linear must be one of"):
+        NSFCoupling(3, linear="qr")
+
+
+def test_nsf_coupling_lu_puts_a_learned_linear_map_before_every_coupling():
+    """The NSF code's ``create_linear_transform``: each coupling sees an invertible linear mix
+    of the features (a rotation at the start), whose log|det| the flow counts."""
+    model = NSFCoupling(2, num_layers=3, hidden=4, bins=3, linear="lu", seed=0).double()
+    kinds = [type(layer).__name__ for layer in model.bijector]
+    assert kinds == ["Invertible1x1Conv", "SplineCoupling"] * 3
+    w = model.bijector[0].weight()
+    torch.testing.assert_close(w @ w.T, torch.eye(2, dtype=torch.float64), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        model.bijector[0].log_abs_s.add_(torch.tensor([0.3, -0.1], dtype=torch.float64))
+    x = torch.randn(4, 2, dtype=torch.float64)
+    _, log_det = model.bijector[0](x)
+    torch.testing.assert_close(log_det, torch.full((4,), 0.2, dtype=torch.float64))
 
 
 def test_one_dimensional_and_bad_input():

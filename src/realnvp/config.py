@@ -48,6 +48,7 @@ class Config:
     weight_norm: bool = True
     bins: int = 8
     spline_bound: float = 5.0
+    linear: str = "none"
     ode_solver: str = "dopri5"
     ode_rtol: float = 1e-5
     ode_atol: float = 1e-5
@@ -138,6 +139,8 @@ HELP = {
                    "plain nn.Linear)",
     "bins": "nsf models: bins of the rational-quadratic splines",
     "spline_bound": "nsf models: the splines act on [-B, B] (identity outside)",
+    "linear": "nsf-coupling: lu, an LU-parametrised invertible linear map of the features before "
+              "every coupling (the NSF code's), or none",
     "ode_solver": "ffjord: torchdiffeq's solver (dopri5, the reference code's; fixed-grid ones step 0.05)",
     "ode_rtol": "ffjord: the solver's relative tolerance (the reference code's 1e-5)",
     "ode_atol": "ffjord: the solver's absolute tolerance (the reference code's 1e-5)",
@@ -198,7 +201,7 @@ _CHOICES = {"model": MODELS, "coupling": ("affine", "additive"),
             "factor_out": ("checkerboard", "channels"), "lr_schedule": ("constant", "cosine"),
             "precision": PRECISIONS, "device": DEVICES, "ode_solver": ODE_SOLVERS,
             "trace_estimator": ("auto", "exact", "hutchinson"),
-            "dequantization": DEQUANTIZATIONS}
+            "dequantization": DEQUANTIZATIONS, "linear": ("none", "lu")}
 _FINITE_POSITIVE = (lambda v: 0 < v < math.inf, "a finite number > 0")
 _NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 #: Every range check but the positive integers': (key, test, what is expected).

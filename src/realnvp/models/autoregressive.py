@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..bijectors import BatchNorm, Bijector, ChannelPermutation, Halves, Sequential
+from ..bijectors import BatchNorm, Bijector, ChannelPermutation, Halves, Invertible1x1Conv, Sequential
 from ..bijectors.autoregressive import DIRECTIONS, TRANSFORMERS, MaskedAutoregressive
 from ..bijectors.splines import SplineCoupling
 from ..nets import MLP
@@ -28,6 +28,8 @@ from ..nets.context import Conditioned, ContextSlot
 from .flow import Flow
 
 PERMUTATIONS = ("reverse", "random")
+#: the linear maps :class:`NSFCoupling` can put before its couplings
+LINEARS = (None, "lu")
 
 
 def layer_orders(dim: int, num_layers: int, permutation: str, seed: int) -> list[Tensor]:
@@ -179,8 +181,12 @@ class NSFCoupling(Flow):
     features, MLP conditioners (``num_hidden_layers`` hidden layers of width ``hidden``, plain
     linear layers unless ``weight_norm=True``). ``permutation='random'`` puts a random
     permutation of the features (drawn from ``seed``, kept as a buffer) before every coupling but
-    the first; ``None``: none. ``batch_norm=True``: a :class:`~realnvp.bijectors.BatchNorm`
-    between consecutive couplings.
+    the first; ``None``: none. ``linear='lu'``: an LU-parametrised invertible linear map of the
+    features (:class:`~realnvp.bijectors.Invertible1x1Conv` on ``(B, D)``, a random rotation at
+    the start, drawn from ``seed``) before every coupling, the NSF reference code's
+    ``create_linear_transform`` (each coupling then splits a learned mixture of the features,
+    not two fixed halves); ``None``: none. ``batch_norm=True``: a
+    :class:`~realnvp.bijectors.BatchNorm` between consecutive couplings.
     """
 
     def __init__(
@@ -198,16 +204,21 @@ class NSFCoupling(Flow):
         weight_norm: bool = False,
         validate_args: bool = True,
         context_features: int = 0,
+        linear: str | None = None,
     ):
         _check_dims(dim, num_layers, least=2)
         if permutation not in (None, "random"):
             raise ValueError(f"permutation must be None or 'random', got {permutation!r}")
+        if linear not in LINEARS:
+            raise ValueError(f"linear must be one of {LINEARS}, got {linear!r}")
         g = torch.Generator().manual_seed(seed)
         slot = ContextSlot(context_features) if context_features else None
         layers: list[Bijector] = []
         for i in range(num_layers):
             if permutation == "random" and i:
                 layers.append(StoredPermutation(torch.randperm(dim, generator=g).tolist()))
+            if linear == "lu":
+                layers.append(Invertible1x1Conv(dim, generator=g, lu=True))
             mask = Halves(dim, flip=bool(i % 2))
             net = MLP(mask.in_features + context_features, mask.out_features * (3 * bins - 1),
                       hidden=hidden, num_layers=num_hidden_layers, weight_norm=weight_norm)
@@ -224,5 +235,5 @@ class NSFCoupling(Flow):
         self.config = dict(
             dim=dim, num_layers=num_layers, hidden=hidden, num_hidden_layers=num_hidden_layers, bins=bins,
             bound=bound, batch_norm=batch_norm, bn_momentum=bn_momentum, permutation=permutation, seed=seed,
-            weight_norm=weight_norm, context_features=context_features,
+            weight_norm=weight_norm, context_features=context_features, linear=linear,
         )

@@ -59,7 +59,8 @@ def _vector_model(cfg: Config, info: DataInfo) -> Flow:
     if cfg.model == "nsf-coupling":
         return NSFCoupling(info.dim, num_layers=cfg.num_couplings, hidden=cfg.hidden,
                            num_hidden_layers=cfg.num_layers, bins=cfg.bins, bound=cfg.spline_bound,
-                           batch_norm=cfg.batch_norm, weight_norm=cfg.weight_norm, context_features=k)
+                           batch_norm=cfg.batch_norm, weight_norm=cfg.weight_norm, context_features=k,
+                           linear=None if cfg.linear == "none" else cfg.linear)
     kwargs = dict(num_layers=cfg.num_couplings, hidden=cfg.hidden, num_hidden_layers=cfg.num_layers,
                   bins=cfg.bins, bound=cfg.spline_bound, batch_norm=cfg.batch_norm, context_features=k)
     return _AUTOREGRESSIVE[cfg.model](info.dim, **kwargs)
