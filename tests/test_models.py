@@ -20,6 +20,7 @@ from realnvp.bijectors import (
     Sequential,
     Squeeze,
 )
+from realnvp.bijectors.glow import GlowAffineCoupling
 
 CONFIGS = {
     "image-2x4x4": lambda: RealNVP((2, 4, 4), num_scales=2, hidden_channels=4, num_blocks=1),
@@ -373,3 +374,77 @@ def test_bad_configuration_is_refused():
         model.decode(torch.zeros(3, 5))
     with pytest.raises(ValueError):
         model.sample(0)
+    with pytest.raises(ValueError, match="dropout"):
+        RealNVP((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1, dropout=1.0)
+
+
+class _Reseeded(nn.Module):
+    """The wrapped bijector with the generator reseeded before every call: one dropout draw."""
+
+    def __init__(self, bijector, seed=5):
+        super().__init__()
+        self.bijector, self.seed = bijector, seed
+
+    def forward(self, x):
+        torch.manual_seed(self.seed)
+        return self.bijector(x)
+
+    def inverse(self, y):
+        torch.manual_seed(self.seed)
+        return self.bijector.inverse(y)
+
+
+def _dropout_model(p=0.3, dtype=torch.float64):
+    torch.manual_seed(0)
+    model = perturb(RealNVP((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=2, dropout=p),
+                    0.05).to(dtype)
+    return model.train()
+
+
+def test_dropout_draws_masks_in_training_and_none_in_evaluation():
+    model = _dropout_model()
+    x = data(model, 8, torch.float64)
+    torch.manual_seed(1)
+    a = model.log_prob(x)
+    torch.manual_seed(2)
+    b = model.log_prob(x)
+    assert (a - b).abs().max() > 1e-3  # two draws, two different maps
+    torch.manual_seed(1)
+    torch.testing.assert_close(model.log_prob(x), a, rtol=0, atol=0)  # the same draw, the same map
+    # evaluation: no dropout, the same density as the same weights without a dropout layer
+    plain = RealNVP((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=2).double()
+    plain.load_state_dict(model.state_dict())
+    model.eval(), plain.eval()
+    torch.testing.assert_close(model.log_prob(x), plain.log_prob(x), rtol=0, atol=1e-12)
+
+
+def _dropout_coupling(kind, dtype):
+    """A coupling with dropout 0.3 in its network, on ``(4, 4, 4)``, perturbed, in training mode."""
+    torch.manual_seed(0)
+    if kind == "glow":
+        return perturb(GlowAffineCoupling(4, hidden_channels=8, dropout=0.3), 0.05).to(dtype).train()
+    model = perturb(RealNVP((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=2, dropout=0.3,
+                            coupling=kind), 0.05).to(dtype).train()
+    cls = AffineCoupling if kind == "affine" else AdditiveCoupling
+    return [m for m in model.modules() if isinstance(m, cls)][3]  # channel-wise, after the squeeze
+
+
+@pytest.mark.parametrize("kind", ["affine", "additive", "glow"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dropout_coupling_is_exact_for_each_draw(dtype, kind):
+    """With dropout a coupling's training-mode map is random, but for one draw of the masks it
+    is a bijection: the inverse under the same draw gives the input back, and the log-det is the
+    Jacobian's."""
+    layer = _Reseeded(_dropout_coupling(kind, dtype))
+    x = torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(1)).to(dtype)
+    layer(x)  # Glow's actnorms initialise on their first batch
+    torch.manual_seed(9)
+    y_other, _ = layer.bijector(x)
+    assert (y_other - layer(x)[0]).abs().max() > 1e-3  # another draw, another map
+    z, log_det = layer(x)
+    x_back, inv_log_det = layer.inverse(z)
+    tol = 1e-5 if dtype == torch.float64 else 1e-4
+    assert (x_back - x).abs().max() <= tol
+    torch.testing.assert_close(inv_log_det, -log_det, atol=tol * 10, rtol=1e-5)
+    if dtype == torch.float64:
+        check_log_det(layer, x[:3], atol=1e-6)

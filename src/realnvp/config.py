@@ -41,6 +41,7 @@ class Config:
     batch_norm: bool = True
     logit_alpha: float = 0.05
     factor_out: str = "checkerboard"
+    dropout: float = 0.0
     steps_per_level: int = 32
     num_couplings: int = 8
     hidden: int = 128
@@ -131,6 +132,8 @@ HELP = {
     "factor_out": "image model: what leaves the flow after each scale but the last: checkerboard "
                   "(one colour of the squeezed tensor, the authors' code) or channels (the first "
                   "half of the channels)",
+    "dropout": "image models realnvp and glow: dropout probability in the coupling networks "
+               "(realnvp: inside each residual block; Flow++'s regulariser for small data; 0: none)",
     "steps_per_level": "glow: steps (actnorm, 1x1 convolution, coupling) per level",
     "num_couplings": "vector models: layers of the flow (couplings or autoregressive layers)",
     "hidden": "vector models: width of the s/t MLPs and MADEs",
@@ -214,6 +217,7 @@ _RANGES = [
     ("l2", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("sample_temperature", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("logit_alpha", lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
     ("valid_size", lambda v: v == 0 or 0 < v < 1 or (v >= 1 and float(v).is_integer()),
      "a fraction in [0, 1) or a whole number of examples"),

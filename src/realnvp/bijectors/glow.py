@@ -103,15 +103,19 @@ class ActNormConv2d(_Conv2d):
 class GlowNet(nn.Sequential):
     """Glow's coupling network (the code's ``f``): ``(B, in_channels, H, W) -> (B, out_channels,
     H, W)`` through conv3×3(hidden) → actnorm → ReLU → conv1×1(hidden) → actnorm → ReLU →
-    :class:`ZeroConv2d` 3×3. Its output is exactly 0 until the last layer moves."""
+    :class:`ZeroConv2d` 3×3. Its output is exactly 0 until the last layer moves. ``dropout > 0``
+    puts an ``nn.Dropout`` before the last convolution (beyond Glow's code, which has none; Flow++
+    regularises its coupling networks so)."""
 
     def __init__(self, in_channels: int, out_channels: int, hidden_channels: int = 512,
-                 edge_bias: bool = True):
-        super().__init__(
-            ActNormConv2d(in_channels, hidden_channels, 3, edge_bias), nn.ReLU(),
-            ActNormConv2d(hidden_channels, hidden_channels, 1, edge_bias), nn.ReLU(),
-            ZeroConv2d(hidden_channels, out_channels, 3, edge_bias),
-        )
+                 edge_bias: bool = True, dropout: float = 0.0):
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        layers = [ActNormConv2d(in_channels, hidden_channels, 3, edge_bias), nn.ReLU(),
+                  ActNormConv2d(hidden_channels, hidden_channels, 1, edge_bias), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        super().__init__(*layers, ZeroConv2d(hidden_channels, out_channels, 3, edge_bias))
 
 
 class GlowAffineCoupling(_Coupling):
@@ -136,10 +140,10 @@ class GlowAffineCoupling(_Coupling):
     """
 
     def __init__(self, channels: int, hidden_channels: int = 512, edge_bias: bool = True,
-                 context: ContextSlot | None = None):
+                 context: ContextSlot | None = None, dropout: float = 0.0):
         mask = Halves(channels)
         super().__init__(mask, _conditioned(GlowNet, mask.in_features, 2 * mask.out_features, context,
-                                            hidden_channels, edge_bias))
+                                            hidden_channels, edge_bias, dropout))
 
     def _scale_and_shift(self, h: Tensor, ndim: int) -> tuple[Tensor, Tensor]:
         raw = h[:, 1::2] + SCALE_OFFSET
@@ -152,10 +156,10 @@ class GlowAdditiveCoupling(AdditiveCoupling):
     (the network's last layer is zero-initialised)."""
 
     def __init__(self, channels: int, hidden_channels: int = 512, edge_bias: bool = True,
-                 context: ContextSlot | None = None):
+                 context: ContextSlot | None = None, dropout: float = 0.0):
         mask = Halves(channels)
         super().__init__(mask, _conditioned(GlowNet, mask.in_features, mask.out_features, context,
-                                            hidden_channels, edge_bias))
+                                            hidden_channels, edge_bias, dropout))
 
 
 def _conditioned(make, in_channels: int, out_channels: int, context: ContextSlot | None, *args):

@@ -30,6 +30,11 @@ plain autograd. The :class:`BatchNorm` bijector's training-mode inverse uses the
 recorded during this chain's own forward pass (its :meth:`~Bijector.forward_state`), not whatever
 batch came last.
 
+Dropout: a layer whose s/t network has active dropout draws its masks from the random number
+generator; the generator's state before the layer's forward pass is kept and restored around its
+recomputation (as ``torch.utils.checkpoint`` does), so the inverse and the re-run forward pass
+use the forward pass's masks, and the generator ends where the forward pass left it.
+
 Gradients agree with plain autograd's to round-off (checked in float64 in the tests); parameters
 and the chain's input both get gradients. Autocast (bf16) is honoured: the backward re-enters the
 autocast state of the forward pass.
@@ -103,6 +108,32 @@ def frozen_statistics(modules: Sequence[nn.Module]) -> Iterator[None]:
         yield
 
 
+def _random_state(layer: nn.Module, device: torch.device) -> tuple[Tensor, ...] | None:
+    """The generator state that layer ``layer``'s forward pass will draw from, if it draws
+    (active dropout somewhere below it): the CPU generator's and, on a GPU, that device's."""
+    if not any(isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0
+               for m in layer.modules()):
+        return None
+    if device.type == "cuda":
+        return torch.get_rng_state(), torch.cuda.get_rng_state(device)
+    return (torch.get_rng_state(),)
+
+
+@contextlib.contextmanager
+def _replayed_randomness(state: tuple[Tensor, ...] | None, device: torch.device) -> Iterator[None]:
+    """Within the block the generators are in ``state`` (from :func:`_random_state`); afterwards
+    they are back where they were."""
+    if state is None:
+        yield
+        return
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.set_rng_state(state[0])
+        if cuda:
+            torch.cuda.set_rng_state(state[1], device)
+        yield
+
+
 def _grad_params(layer: nn.Module) -> list[nn.Parameter]:
     return [p for p in layer.parameters() if p.requires_grad]
 
@@ -120,16 +151,17 @@ class _InvertibleChain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, layers: list[Bijector], layer_params: list[list[Tensor]],
                 layer_stats: list[list[nn.Module]], *params: Tensor):
-        states = []
+        states, randomness = [], []
         total = zero_log_det(x)
         for layer in layers:
+            randomness.append(_random_state(layer, x.device))
             x, log_det = layer(x)
             states.append(layer.forward_state())
             total = total + log_det
         device_type = x.device.type
         ctx.autocast = (device_type, torch.is_autocast_enabled(device_type),
                         torch.get_autocast_dtype(device_type))
-        ctx.layers, ctx.states = layers, states
+        ctx.layers, ctx.states, ctx.randomness = layers, states, randomness
         ctx.layer_params, ctx.layer_stats = layer_params, layer_stats
         ctx.save_for_backward(x)
         return x, total
@@ -149,9 +181,10 @@ class _InvertibleChain(torch.autograd.Function):
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             for i in reversed(range(len(layers))):
                 params, stats = ctx.layer_params[i], ctx.layer_stats[i]
-                y, g_y, g_params = layers[i].recompute_backward(
-                    y, g_y, g_ld, params=params, freeze=functools.partial(frozen_statistics, stats),
-                    state=states[i], need_x_grad=i > 0 or ctx.needs_input_grad[0])
+                with _replayed_randomness(ctx.randomness[i], y.device):
+                    y, g_y, g_params = layers[i].recompute_backward(
+                        y, g_y, g_ld, params=params, freeze=functools.partial(frozen_statistics, stats),
+                        state=states[i], need_x_grad=i > 0 or ctx.needs_input_grad[0])
                 for p, g in zip(params, g_params, strict=True):
                     if g is not None:
                         grads[id(p)] = g if id(p) not in grads else grads[id(p)] + g

@@ -35,12 +35,12 @@ def _image_model(cfg: Config, info: DataInfo) -> Flow:
     if cfg.model == "glow":
         return Glow(info.shape, num_levels=cfg.num_scales, steps_per_level=cfg.steps_per_level,
                     hidden_channels=cfg.hidden_channels, coupling=cfg.coupling,
-                    context_features=info.num_classes if cfg.conditional else 0)
+                    context_features=info.num_classes if cfg.conditional else 0, dropout=cfg.dropout)
     return RealNVP(
         info.shape, num_scales=cfg.num_scales, hidden_channels=cfg.hidden_channels,
         num_blocks=cfg.num_blocks, coupling=cfg.coupling, batch_norm=cfg.batch_norm,
         logit_alpha=cfg.logit_alpha, factor_out=cfg.factor_out,
-        context_features=info.num_classes if cfg.conditional else 0,
+        context_features=info.num_classes if cfg.conditional else 0, dropout=cfg.dropout,
     )
 
 
@@ -78,6 +78,9 @@ def build_model(cfg: Config, info: DataInfo) -> Flow:
     if cfg.conditional and (info.kind != "image" or cfg.model not in IMAGE_MODELS):
         raise ConfigError(f"conditional: class-conditional training is available for the image "
                           f"models on labelled data, not for {cfg.model} on {info.name}")
+    if cfg.dropout and (info.kind != "image" or cfg.model not in ("realnvp", "glow")):
+        raise ConfigError(f"dropout: only the coupling networks of the image models realnvp and glow "
+                          f"have dropout, not {cfg.model} on {info.name}")
     if cfg.conditional and not info.num_classes:
         raise ConfigError(f"conditional: {info.name} has no class labels (labelled: digits)")
     try:

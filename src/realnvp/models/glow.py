@@ -70,6 +70,9 @@ class Glow(Flow):
     linear map of the context (the authors' ``--ycond``, their only conditioning of the flow),
     and, beyond the code, the context also reaches every coupling network and every split prior
     as ``k`` constant input channels.
+
+    ``dropout``: the probability of :class:`~realnvp.bijectors.glow.GlowNet`'s dropout before
+    each coupling network's last convolution (0, Glow's, by default).
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class Glow(Flow):
         validate_args: bool = True,
         memory_saving: bool = False,
         context_features: int = 0,
+        dropout: float = 0.0,
     ):
         c, h, w = in_shape
         if coupling not in GLOW_COUPLINGS:
@@ -106,7 +110,7 @@ class Glow(Flow):
             )
         slot = ContextSlot(context_features) if context_features else None
         stages = _levels(tuple(in_shape), num_levels, steps_per_level, hidden_channels, lu, coupling,
-                         learn_top, edge_bias, slot)
+                         learn_top, edge_bias, slot, dropout)
         with placeholder(slot):  # MultiScale probes each stage's output shape with one example
             body = MultiScale(stages, tuple(in_shape))
         support = None
@@ -123,7 +127,7 @@ class Glow(Flow):
             in_shape=tuple(in_shape), num_levels=num_levels, steps_per_level=steps_per_level,
             hidden_channels=hidden_channels, lu=lu, coupling=coupling, learn_top=learn_top,
             preprocessing=preprocessing, logit_alpha=logit_alpha, edge_bias=edge_bias,
-            context_features=context_features,
+            context_features=context_features, dropout=dropout,
         )
         if memory_saving:
             self.memory_saving_(True)
@@ -153,7 +157,7 @@ class Glow(Flow):
 
 def _levels(in_shape: tuple[int, int, int], num_levels: int, steps: int, hidden: int, lu: bool,
             coupling: str, learn_top: bool, edge_bias: bool,
-            context: ContextSlot | None = None) -> list[Bijector]:
+            context: ContextSlot | None = None, dropout: float = 0.0) -> list[Bijector]:
     """One :class:`Sequential` per level (see :class:`Glow`), built layer by layer in order (the
     order in which the initial weights are drawn). Level k acts on ``(C_k, H_k, W_k)`` with
     ``(C_0, H_0, W_0) = in_shape``; its squeeze makes it ``(4C, H/2, W/2)``; its split halves C."""
@@ -164,7 +168,8 @@ def _levels(in_shape: tuple[int, int, int], num_levels: int, steps: int, hidden:
         c, h, w = 4 * c, h // 2, w // 2
         layers: list[Bijector] = [Squeeze()]
         for _ in range(steps):
-            layers += [ActNorm(c), Invertible1x1Conv(c, lu=lu), make_coupling(c, hidden, edge_bias, context)]
+            layers += [ActNorm(c), Invertible1x1Conv(c, lu=lu),
+                       make_coupling(c, hidden, edge_bias, context, dropout)]
         if k < num_levels - 1:
             layers.append(SplitPrior(c, edge_bias, context))
             c //= 2

@@ -82,6 +82,7 @@ class RealNVP(Flow):
         memory_saving: bool = False,
         factor_out: str = "checkerboard",
         context_features: int = 0,
+        dropout: float = 0.0,
     ):
         _, h, w = in_shape
         if factor_out not in FACTOR_OUTS:
@@ -98,7 +99,7 @@ class RealNVP(Flow):
             )
         slot = ContextSlot(context_features) if context_features else None
         stages = _stages(in_shape, num_scales, hidden_channels, num_blocks, coupling, batch_norm,
-                         bn_momentum, factor_out, slot)
+                         bn_momentum, factor_out, slot, dropout)
         with placeholder(slot):  # MultiScale probes each stage's output shape with one example
             body = MultiScale(stages, in_shape)
         bijector = body if logit_alpha is None else Sequential(Logit(logit_alpha), body)
@@ -113,7 +114,7 @@ class RealNVP(Flow):
             in_shape=tuple(in_shape), num_scales=num_scales, hidden_channels=hidden_channels,
             num_blocks=num_blocks, coupling=coupling, batch_norm=batch_norm,
             logit_alpha=logit_alpha, bn_momentum=bn_momentum, factor_out=factor_out,
-            context_features=context_features,
+            context_features=context_features, dropout=dropout,
         )
         if memory_saving:
             self.memory_saving_(True)
@@ -121,7 +122,8 @@ class RealNVP(Flow):
 
 def _stages(in_shape: tuple[int, int, int], num_scales: int, hidden_channels: int, num_blocks: int,
             coupling: str, batch_norm: bool, bn_momentum: float,
-            factor_out: str = "checkerboard", context: ContextSlot | None = None) -> list[Bijector]:
+            factor_out: str = "checkerboard", context: ContextSlot | None = None,
+            dropout: float = 0.0) -> list[Bijector]:
     """One :class:`Sequential` per scale (see :class:`RealNVP`), built layer by layer in order
     (the order in which the initial weights are drawn). Stage k acts on ``(C_k, H_k, W_k)``:
     ``(C_0, H_0, W_0) = in_shape``; a squeeze makes it ``(4C, H/2, W/2)`` and the s/t networks
@@ -129,7 +131,7 @@ def _stages(in_shape: tuple[int, int, int], num_scales: int, hidden_channels: in
     factored colour first, and the factor-out halves the channels."""
     def layer(mask: Mask, channels: int, hidden: int) -> list[Bijector]:
         """A coupling on ``channels`` channels, then (optionally) batch norm on its output."""
-        layers = [_coupling(coupling, mask, hidden, num_blocks, batch_norm, context)]
+        layers = [_coupling(coupling, mask, hidden, num_blocks, batch_norm, context, dropout)]
         if batch_norm:
             layers.append(BatchNorm(channels, momentum=bn_momentum))
         return layers
@@ -154,7 +156,7 @@ def _stages(in_shape: tuple[int, int, int], num_scales: int, hidden_channels: in
 
 
 def _coupling(kind: str, mask: Mask, hidden: int, num_blocks: int, batch_norm: bool,
-              context: ContextSlot | None = None) -> Bijector:
+              context: ContextSlot | None = None, dropout: float = 0.0) -> Bijector:
     """One coupling with its s/t ResNet, set up as in the authors' code: a checkerboard
     coupling's network sees ``2·bn(b⊙x)`` and the mask ``b`` as an extra channel, and its scalar
     ``rescale`` starts at 0 and is L2-penalised (``rescaling_scale``); a channel-wise coupling's
@@ -164,7 +166,7 @@ def _coupling(kind: str, mask: Mask, hidden: int, num_blocks: int, batch_norm: b
     out = mask.out_features * (2 if affine else 1)
     net = ResNet(mask.in_features, out, hidden=hidden, num_blocks=num_blocks,
                  out_bias=affine or not batch_norm, mask=mask.b if checker else None,
-                 in_gain=2.0 if checker else 1.0, context=context)
+                 in_gain=2.0 if checker else 1.0, context=context, dropout=dropout)
     if not affine:
         return COUPLINGS[kind](mask, net)
     return AffineCoupling(mask, net, rescale_init=0.0 if checker else 1.0, penalize_rescale=checker)

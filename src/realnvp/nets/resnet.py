@@ -32,11 +32,15 @@ from .weightnorm import WNConv2d
 
 
 class ResidualBlock(nn.Module):
-    """``x + conv(relu(bn(conv(relu(bn(x))))))`` with 3×3 weight-normalised convolutions, the
-    first without magnitude (a batch norm follows it), batch norms without gain."""
+    """``x + conv(dropout(relu(bn(conv(relu(bn(x)))))))`` with 3×3 weight-normalised
+    convolutions, the first without magnitude (a batch norm follows it), batch norms without gain.
+    ``dropout``: the probability of zeroing a unit before the second convolution (Flow++'s place
+    for it, between the two convolutions of a residual block; 0: no dropout layer)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, dropout: float = 0.0):
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         # The ReLUs act in place on batch-norm outputs (batch norm's backward needs its input,
         # not its output): one activation fewer to allocate and keep for each.
         self.net = nn.Sequential(
@@ -47,13 +51,19 @@ class ResidualBlock(nn.Module):
             nn.ReLU(inplace=True),
             WNConv2d(channels, channels, 3, padding=1, bias=True),
         )
+        self.dropout = nn.Dropout(dropout) if dropout else None
 
     def forward(self, x: Tensor) -> Tensor:
         # The sum is taken in place in the convolution's fresh output (which no backward pass
         # needs): one activation fewer to allocate and fill per block (see BENCHMARKS.md).
         if self.net[3].training or torch.is_grad_enabled():
             forget(self, "_fold_cache")
-            return self.net(x).add_(x)
+            if self.dropout is None:
+                return self.net(x).add_(x)
+            h = x
+            for module in self.net[:-1]:
+                h = module(h)
+            return self.net[-1](self.dropout(h)).add_(x)
         # Evaluation and sampling: the second batch norm uses its running averages, a fixed
         # per-channel affine map, so it folds into the convolution before it (one pass over the
         # activations fewer per block; same result to round-off).
@@ -85,7 +95,8 @@ class ResNet(nn.Module):
     concat-ReLU; a 0/1 mask passes a ReLU unchanged), or ``None``. ``in_gain`` multiplies the
     batch-normalised input. ``context``: the slot of a conditional flow (see
     :mod:`realnvp.nets.context`), whose ``(B, k)`` context joins the first convolution's input
-    as ``k`` constant channels (after the concat-ReLU, so a signed context passes unchanged)."""
+    as ``k`` constant channels (after the concat-ReLU, so a signed context passes unchanged).
+    ``dropout``: each residual block's dropout probability (see :class:`ResidualBlock`)."""
 
     def __init__(
         self,
@@ -98,6 +109,7 @@ class ResNet(nn.Module):
         mask: Tensor | None = None,
         in_gain: float = 1.0,
         context: ContextSlot | None = None,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.context = context
@@ -109,7 +121,7 @@ class ResNet(nn.Module):
         self.in_norm = BatchNorm2d(in_channels, gain=False)
         self.in_conv = WNConv2d(2 * in_channels + extra, hidden, 3, padding=1, scale=False)
         self.in_skip = WNConv2d(hidden, hidden, 1)
-        self.blocks = nn.ModuleList(ResidualBlock(hidden) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(ResidualBlock(hidden, dropout) for _ in range(num_blocks))
         self.skips = nn.ModuleList(WNConv2d(hidden, hidden, 1) for _ in range(num_blocks))
         self.out = nn.Sequential(
             BatchNorm2d(hidden, gain=False),
