@@ -212,6 +212,22 @@ def test_train_eval_score_and_exact_resume_with_a_learned_dequantizer(capsys, tm
     assert cli(capsys, "score", run, run / "s.npy", "-o", run / "scores.csv")[0] == 0
 
 
+@pytest.mark.parametrize("model", [
+    ["--set", "model=glow", "--set", "num_scales=2", "--set", "steps_per_level=1"],
+    ["--set", "model=ffjord", "--set", "num_scales=1", "--set", "num_layers=1",
+     "--set", "ode_rtol=1e-3", "--set", "ode_atol=1e-3"],
+])
+def test_a_learned_dequantizer_trains_every_image_model(capsys, tmp_path, model):
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--out", run, "--max-steps", "3", *VARIATIONAL, *model)
+    assert code == 0, err
+    result = json.loads((run / "eval.json").read_text())
+    assert result["dequantization"] == "variational"
+    assert math.isfinite(result["bits_per_dim"]) and math.isfinite(result["uniform_bits_per_dim"])
+    code, out, _ = cli(capsys, "eval", run, "--dequant-samples", "1")
+    assert code == 0 and "variational dequantization" in out
+
+
 @pytest.mark.parametrize("extra", [["--precision", "bf16"], ["--set", "ema_decay=0.9"]])
 def test_a_learned_dequantizer_trains_with_bf16_and_ema(capsys, tmp_path, extra):
     run = tmp_path / "run"

@@ -133,7 +133,8 @@ HELP = {
                   "(one colour of the squeezed tensor, the authors' code) or channels (the first "
                   "half of the channels)",
     "dropout": "image models realnvp and glow: dropout probability in the coupling networks "
-               "(realnvp: inside each residual block; Flow++'s regulariser for small data; 0: none)",
+               "(realnvp: inside each residual block; Flow++'s regulariser for small data; 0: none; "
+               "the other models have none, as they have no hidden_channels)",
     "steps_per_level": "glow: steps (actnorm, 1x1 convolution, coupling) per level",
     "num_couplings": "vector models: layers of the flow (couplings or autoregressive layers)",
     "hidden": "vector models: width of the s/t MLPs and MADEs",

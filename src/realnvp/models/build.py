@@ -78,9 +78,6 @@ def build_model(cfg: Config, info: DataInfo) -> Flow:
     if cfg.conditional and (info.kind != "image" or cfg.model not in IMAGE_MODELS):
         raise ConfigError(f"conditional: class-conditional training is available for the image "
                           f"models on labelled data, not for {cfg.model} on {info.name}")
-    if cfg.dropout and (info.kind != "image" or cfg.model not in ("realnvp", "glow")):
-        raise ConfigError(f"dropout: only the coupling networks of the image models realnvp and glow "
-                          f"have dropout, not {cfg.model} on {info.name}")
     if cfg.conditional and not info.num_classes:
         raise ConfigError(f"conditional: {info.name} has no class labels (labelled: digits)")
     try:
