@@ -353,3 +353,25 @@ def test_safe_unpickler_bounds_the_work_a_small_file_can_ask_for():
     loop.append(loop)
     with pytest.raises(UnsafePickleError, match="contains itself"):
         safe_load(pickle.dumps(loop, protocol=2))
+
+
+def test_vector_batches_fetched_at_once_are_the_rows_fetched_one_by_one(monkeypatch):
+    """``VectorDataset.__getitems__`` (the batched fetch, through the validation carve's
+    ``Subset``) gives the batches that per-row ``__getitem__`` gives."""
+    from torch.utils.data import DataLoader
+
+    from realnvp.data.datasets import VectorDataset
+    from realnvp.training.data import Carved
+
+    ds = VectorDataset(np.random.default_rng(0).standard_normal((1000, 3)))
+    carved = Carved(ds, list(range(0, 1000, 3)))
+
+    def batches():
+        loader = DataLoader(carved, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+        return list(loader)
+
+    fast = batches()
+    monkeypatch.setattr(VectorDataset, "__getitems__", None)  # the fetcher's per-row path
+    slow = batches()
+    assert len(fast) == len(slow) == 6
+    assert all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(fast, slow, strict=True))

@@ -86,3 +86,19 @@ def test_evaluation_reports_the_gap_to_the_entropy(capsys):
     print_eval(toy, "toy:moons test")
     assert f"gap to the generator's entropy {ENTROPY_NATS['moons']:.4f} nats" in capsys.readouterr().out
     assert "entropy_nats" not in summarize(bpd, DataInfo("tabular", "vector", (2,), None))
+
+
+def test_toy_train_size_sets_the_training_split_and_not_the_test_split():
+    from realnvp.config import Config, ConfigError
+    from realnvp.training.data import load_split
+
+    cfg = Config(data="toy:rings", toy_train_size=1000)
+    train, _ = load_split(cfg, "train")
+    valid, _ = load_split(cfg, "valid")
+    test, _ = load_split(cfg, "test")
+    assert (len(train), len(valid), len(test)) == (900, 100, 5000)
+    default_test, _ = load_split(Config(data="toy:rings"), "test")
+    assert np.array_equal(np.stack([test[i] for i in range(5)]),
+                          np.stack([default_test[i] for i in range(5)]))
+    with pytest.raises(ConfigError, match="toy_train_size"):
+        Config().replace(toy_train_size=0)

@@ -30,6 +30,7 @@ class Config:
     data_dir: str | None = None
     download: bool = False
     image_size: int | None = None
+    toy_train_size: int = 20000
     # model: which flow, then its architecture (image keys, vector keys)
     model: str = "realnvp"
     conditional: bool = False
@@ -116,6 +117,8 @@ HELP = {
     "data_dir": "where the data set's files are (default $REALNVP_DATA_DIR/NAME or data/NAME)",
     "download": "download missing files (cifar10, mnist, fashion-mnist)",
     "image_size": "side of the square images of the folder data set",
+    "toy_train_size": "toy:NAME data: points the generator draws for the training split (the "
+                      "validation carve included; the test split is always 5000)",
     "model": "the flow: realnvp (images and vectors), glow (images), maf, iaf, nsf-coupling, "
              "nsf-autoregressive (vectors), ffjord (images and vectors)",
     "conditional": "class-conditional model p(x | label) on a labelled data set (the image "
@@ -229,7 +232,7 @@ _RANGES = [
 _POSITIVE = ("num_scales", "steps_per_level", "bins", "hidden_channels", "num_blocks",
              "num_couplings", "hidden", "epochs", "batch_size", "eval_batch_size",
              "eval_dequant_samples", "num_samples", "max_bad_steps", "max_nfe", "dequant_steps",
-             "dequant_hidden")
+             "dequant_hidden", "toy_train_size")
 
 
 def _coerce(cfg: Config) -> Config:

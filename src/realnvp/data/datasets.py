@@ -96,6 +96,11 @@ class VectorDataset(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.data[index].clone()
 
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        """The rows ``indices`` at once (``DataLoader``'s batched fetch; ``Subset`` passes it
+        on): one indexing operation per batch instead of one per row, the same rows."""
+        return list(self.data[torch.as_tensor(indices)].unbind(0))
+
 
 class ContextColumnsDataset(Dataset):
     """A :class:`VectorDataset`'s rows as ``(x, context)`` pairs: ``context`` the columns

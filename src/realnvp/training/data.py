@@ -97,6 +97,8 @@ def load_split(cfg: Config, split: str, data_dir: str | None = None, download: b
     if augment is not None and split != "valid":
         extra["augment"] = augment
     source = "train" if split == "valid" else split
+    if cfg.data.startswith("toy:") and source == "train":
+        extra["num_samples"] = cfg.toy_train_size
     dataset, info = load_dataset(cfg.data, source, data_dir or cfg.data_dir, download=download,
                                  seed=cfg.seed, **extra)
     if cfg.conditional:
