@@ -30,7 +30,8 @@ def ours(name: str, seconds: float, threads: int, batch: int, lr: float, out: Pa
            "--device", "cpu", "--time-budget", str(seconds), "--epochs", "100000",
            "--set", "model=ffjord", "--set", "hidden=64", "--set", "num_layers=3", "--set", "num_blocks=1",
            "--set", f"batch_size={batch}", "--set", f"lr={lr}", "--set", "l2=0", "--set", "valid_size=0",
-           "--set", "sample_every=0", "--set", f"threads={threads}", "--set", "eval_dequant_samples=1"]
+           "--set", "sample_every=0", "--set", f"threads={threads}", "--set", "eval_dequant_samples=1",
+           "--set", f"toy_train_size={DEFAULT_SIZES['train']}"]  # the points zuko's loop sees
     t0 = time.monotonic()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     result = json.loads((out / "eval.json").read_text())

@@ -88,7 +88,7 @@ def test_toy_data_trains_and_plots(tmp_path, capsys):
     out = tmp_path / "moons"
     code, stdout, _ = cli(capsys, "train", "--data", "toy:moons", "--epochs", "1", "--batch-size",
                           "1024", "--out", out, "--set", "num_couplings=2", "--set", "hidden=16",
-                          "--set", "num_samples=200", "--quiet")
+                          "--set", "num_samples=200", "--set", "toy_train_size=20000", "--quiet")
     assert code == 0 and "nats" in stdout
     assert (out / "samples.png").is_file()
     code, _, _ = cli(capsys, "sample", out, "-n", "100", "-o", tmp_path / "s.png")
@@ -108,7 +108,7 @@ def test_plain_vector_architecture_trains_and_reloads(tmp_path, capsys):
     code, _, _ = cli(capsys, "train", "--data", "toy:8gaussians", "--epochs", "1", "--batch-size",
                      "512", "--out", out, "--set", "num_couplings=2", "--set", "hidden=16",
                      "--set", "weight_norm=false", "--set", "batch_norm=false",
-                     "--set", "num_samples=100", "--quiet")
+                     "--set", "num_samples=100", "--set", "toy_train_size=20000", "--quiet")
     assert code == 0
     model = load_run(out).model
     names = [n for n, _ in model.named_parameters()]

@@ -182,7 +182,7 @@ FFJORD_RUN = ["--quiet", "--device", "cpu", "--data", "toy:moons", "--set", "mod
               "--set", "hidden=8", "--set", "num_layers=1", "--set", "num_blocks=1",
               "--set", "batch_size=2048", "--set", "eval_dequant_samples=1", "--set", "num_samples=64",
               "--set", "sample_every=0", "--set", "ode_rtol=1e-4", "--set", "ode_atol=1e-4",
-              "--set", "kinetic_energy=0.01", "--set", "threads=1"]
+              "--set", "kinetic_energy=0.01", "--set", "threads=1", "--set", "toy_train_size=20000"]
 
 
 def test_every_command_and_exact_resume_for_ffjord(capsys, tmp_path):
