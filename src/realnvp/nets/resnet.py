@@ -60,10 +60,8 @@ class ResidualBlock(nn.Module):
             forget(self, "_fold_cache")
             if self.dropout is None:
                 return self.net(x).add_(x)
-            h = x
-            for module in self.net[:-1]:
-                h = module(h)
-            return self.net[-1](self.dropout(h)).add_(x)
+            bn1, relu1, conv1, bn2, relu2, conv2 = self.net
+            return conv2(self.dropout(relu2(bn2(conv1(relu1(bn1(x))))))).add_(x)
         # Evaluation and sampling: the second batch norm uses its running averages, a fixed
         # per-channel affine map, so it folds into the convolution before it (one pass over the
         # activations fewer per block; same result to round-off).
