@@ -29,17 +29,20 @@ from realnvp.training.data import TrainingData
 from realnvp.training.vae import train_vae
 
 
-def posterior(name: str) -> tuple[str, int]:
-    """``"gaussian"`` or ``"KIND K=N"`` (kind planar, radial, IAF or RealNVP, any case) ->
-    ``(kind, length)`` for :func:`train_vae`."""
+def posterior(name: str) -> tuple[str, int, str]:
+    """``"gaussian"`` or ``"KIND K=N"`` (kind planar, radial, IAF, affine IAF or RealNVP, any
+    case; IAF alone is the gated one) -> ``(kind, length, iaf_transformer)`` for :func:`train_vae`."""
     kind, _, length = name.partition(" K=")
     kind = kind.strip().lower()
+    transformer = "gated"
+    if kind == "affine iaf":
+        kind, transformer = "iaf", "affine"
     if kind == "gaussian" and not length:
-        return "gaussian", 1
+        return "gaussian", 1, transformer
     if kind not in ("planar", "radial", "iaf", "realnvp") or not length.isdigit() or int(length) < 1:
         raise argparse.ArgumentTypeError(f"posterior {name!r}: expected gaussian or KIND K=N with "
-                                         f"KIND planar, radial, IAF or RealNVP")
-    return kind, int(length)
+                                         f"KIND planar, radial, IAF, affine IAF or RealNVP")
+    return kind, int(length), transformer
 
 
 
@@ -97,11 +100,11 @@ def main() -> None:
           f"{args.batch_size}, IW S={args.iw_samples}")
     print(f"{'posterior':<14} {'test -ELBO':>10} {'IW -log p(x)':>13} {'epoch':>6} {'s':>6}")
     for name in args.posteriors.split(","):
-        kind, length = posterior(name)
+        kind, length, transformer = posterior(name)
         t0 = time.process_time()
         with tempfile.TemporaryDirectory() as d:
             r = train_vae(cfg, f"{d}/run", posterior=kind, length=length, latent=args.latent,
-                          hidden=args.hidden, flow_hidden=args.flow_hidden,
+                          hidden=args.hidden, flow_hidden=args.flow_hidden, iaf_transformer=transformer,
                           iw_samples=args.iw_samples, data=data, max_steps=args.steps,
                           quiet=True, log=lambda *a, **k: None)
         row = dict(posterior=name, neg_elbo=r["neg_elbo"], nll_iw=r["nll_iw"],

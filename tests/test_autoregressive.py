@@ -121,7 +121,8 @@ def test_made_bad_input():
 
 # ------------------------------------------------------------------------------------ the layer
 
-LAYER_CASES = [(t, d, o) for t in ("affine", "spline") for d in ("maf", "iaf") for o in ("default", "random")]
+LAYER_CASES = [(t, d, o) for t in ("affine", "gated", "spline") for d in ("maf", "iaf")
+               for o in ("default", "random")]
 
 
 def make_layer(transformer, direction, order, dim=4, hidden=8, seed=0, **kw):
@@ -157,7 +158,7 @@ def test_layer_log_det_matches_jacobian(transformer, direction, order):
     torch.testing.assert_close(layer.inverse(z)[1], jacobian_log_dets(layer.invert, z), atol=1e-9, rtol=0)
 
 
-@pytest.mark.parametrize("transformer", ["affine", "spline"])
+@pytest.mark.parametrize("transformer", ["affine", "gated", "spline"])
 @pytest.mark.parametrize("direction", ["maf", "iaf"])
 def test_layer_passes(transformer, direction):
     """The cheap direction is one MADE pass, the other ``passes``: D with a wide MADE, fewer with
@@ -177,7 +178,7 @@ def test_layer_passes(transformer, direction):
         torch.testing.assert_close(x_back, x, atol=1e-9, rtol=0)
 
 
-@pytest.mark.parametrize("transformer", ["affine", "spline"])
+@pytest.mark.parametrize("transformer", ["affine", "gated", "spline"])
 def test_iaf_density_direction_is_differentiable(transformer):
     """The D-pass forward of an IAF layer (the density of data) has the gradients of the map it
     computes, with respect to the data and to the MADE's weights (finite differences)."""
@@ -202,6 +203,22 @@ def test_affine_scale_is_bounded():
     assert (log_det.abs() <= layer.rescale.abs().sum() + 1e-9).all()
 
 
+def test_gated_is_kingmas_update():
+    """The gated IAF step is Kingma et al.'s eq. 14, ``x = σ⊙z + (1 − σ)⊙m`` with ``[m, s]`` the
+    MADE's outputs on ``z`` and ``σ = sigmoid(s)``, log-det ``Σ log σ``; it starts with every
+    ``s`` near the gate bias (a small step from the identity)."""
+    fresh = MaskedAutoregressive(4, "gated", "iaf", hidden=8, gate_bias=1.5).double()
+    z = inputs(4)
+    out = fresh.made(z)
+    torch.testing.assert_close(out[..., 1], torch.full_like(out[..., 1], 1.5), atol=0.1, rtol=0)
+    layer = make_layer("gated", "iaf", "random").double()
+    m, s = layer.made(z).unbind(-1)
+    sigma = torch.sigmoid(s)
+    x, log_det = layer.inverse(z)
+    torch.testing.assert_close(x, sigma * z + (1 - sigma) * m, atol=1e-12, rtol=0)
+    torch.testing.assert_close(log_det, torch.log(sigma).sum(1), atol=1e-12, rtol=0)
+
+
 def test_layer_bad_input():
     layer = make_layer("affine", "maf", "default")
     with pytest.raises(ValueError, match=r"MaskedAutoregressive expects \(B, 4\) input, got shape \(3, 5\)"):
@@ -221,6 +238,7 @@ MODELS = {
     "maf-spline-residual": lambda bn: MAF(3, num_layers=2, hidden=8, transformer="spline", residual=True,
                                           bins=3, bound=3.0, batch_norm=bn, permutation="random", seed=3),
     "iaf": lambda bn: IAF(3, num_layers=3, hidden=8, batch_norm=bn, permutation="random"),
+    "iaf-gated": lambda bn: IAF(3, num_layers=3, hidden=8, transformer="gated", batch_norm=bn),
     "nsf-coupling": lambda bn: NSFCoupling(3, num_layers=3, hidden=8, bins=3, bound=3.0, batch_norm=bn,
                                            permutation="random", seed=1),
     "nsf-coupling-lu": lambda bn: NSFCoupling(3, num_layers=3, hidden=8, bins=3, bound=3.0, batch_norm=bn,

@@ -16,10 +16,10 @@ from realnvp.vi.vae import POSTERIORS, VAE, binarize, bounds, planar_step, radia
 TINY_LATENT = {"gaussian": 1, "planar": 1, "radial": 1, "iaf": 1, "realnvp": 2}
 
 
-def tiny_vae(kind: str, seed: int = 0) -> VAE:
+def tiny_vae(kind: str, seed: int = 0, **kw) -> VAE:
     torch.manual_seed(seed)
     vae = VAE(features=4, latent=TINY_LATENT[kind], posterior=kind, length=3, hidden=6,
-              flow_hidden=4).double()
+              flow_hidden=4, **kw).double()
     with torch.no_grad():  # away from the initialisation: flows that are not near the identity
         for p in vae.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -56,9 +56,10 @@ def test_elbo_below_iw_below_exact_log_px(kind):
     assert torch.all(elbo < iw10) and torch.all(iw10 < exact)
 
 
-@pytest.mark.parametrize("kind", POSTERIORS)
+@pytest.mark.parametrize("kind", [*POSTERIORS, "affine iaf"])
 def test_posterior_log_dets_against_autograd(kind):
-    vae = tiny_vae(kind, seed=3)
+    affine = kind == "affine iaf"
+    vae = tiny_vae("iaf", seed=3, iaf_transformer="affine") if affine else tiny_vae(kind, seed=3)
     torch.manual_seed(4)
     x = torch.randint(0, 2, (5, 4)).double()
     _, _, rest = vae.encode(x)
@@ -144,6 +145,7 @@ def test_realnvp_vae_run_and_resume_equals_an_uninterrupted_run(tmp_path, capsys
     (("--posterior", "realnvp", "--latent", "1"), "needs latent >= 2"),
     (("--data", "toy:moons"), "needs an image data set"),
     (("--data", "nonsense"), "unknown data set"),
+    (("--posterior", "iaf", "--iaf-transformer", "bogus"), "unknown IAF transformer 'bogus'"),
     ((), "give the run directory"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, message):
@@ -159,4 +161,18 @@ def test_the_mnist_recipe_reads():
     cfg, spec = read_recipe("vae-mnist")
     assert cfg.data == "mnist" and cfg.batch_size == 100
     assert spec == dict(posterior="planar", length=80, latent=40, hidden=400, flow_hidden=320,
-                        iw_samples=5000)
+                        iw_samples=5000, iaf_transformer="gated")
+
+
+def test_runs_from_before_the_iaf_transformer_choice_read_as_affine(tmp_path):
+    """A ``vae.json`` without ``iaf_transformer`` was written when the IAF was affine: it is read
+    back as affine, so its checkpoint (with the affine layers' ``rescale``) loads."""
+    from realnvp.training.vae import read_spec
+
+    (tmp_path / "vae.json").write_text(json.dumps(dict(posterior="iaf", length=2, latent=3, hidden=8,
+                                                       flow_hidden=8, iw_samples=10)))
+    assert read_spec(tmp_path)["iaf_transformer"] == "affine"
+    (tmp_path / "vae.json").write_text(json.dumps(dict(posterior="iaf", iaf_transformer="gated")))
+    assert read_spec(tmp_path)["iaf_transformer"] == "gated"
+    assert "rescale" in "".join(VAE(4, 3, "iaf", 2, 8, 8, "affine").state_dict())
+    assert "rescale" not in "".join(VAE(4, 3, "iaf", 2, 8, 8, "gated").state_dict())

@@ -24,6 +24,12 @@ Transformers:
   ``α = rescale·tanh(raw)`` with a learned ``rescale`` per feature (starting at 1), as the
   couplings bound theirs: an unbounded ``exp(α)`` can overflow in the sequential direction, where
   every pass but the last pushes not-yet-solved values through it, and early in training.
+- ``'gated'``: IAF's "LSTM-type" update (Kingma et al., 2016, §4, eq. 14 and Algorithm 1): in
+  the sampling direction ``x_i = σ_i·z_i + (1 − σ_i)·m_i`` with ``σ_i = sigmoid(s_i)``, log-det
+  ``Σ log σ_i``; its density direction ``z_i = (x_i − (1 − σ_i)·m_i)/σ_i``. The bias of every
+  ``s`` output starts at ``gate_bias`` (the paper: "sufficiently positive, such as close to +1 or
+  +2"), so each layer starts as a small step ``σ ≈ 0.88`` from the identity. The scale ``σ < 1``
+  contracts in the sampling direction.
 - ``'spline'``: the rational-quadratic spline of :mod:`.splines` (NSF §3.3, "autoregressive
   neural spline flows"), ``3K − 1`` parameters per feature, identity outside ``[−bound, bound]``.
 """
@@ -38,7 +44,7 @@ from ..nets.made import MADE
 from .base import Bijector, sum_except_batch
 from .splines import rational_quadratic
 
-TRANSFORMERS = ("affine", "spline")
+TRANSFORMERS = ("affine", "gated", "spline")
 DIRECTIONS = ("maf", "iaf")
 
 
@@ -52,11 +58,13 @@ class MaskedAutoregressive(Bijector):
 
     Args:
         features: D.
-        transformer: ``'affine'`` or ``'spline'`` (see the module docstring).
+        transformer: ``'affine'``, ``'gated'`` or ``'spline'`` (see the module docstring).
         direction: ``'maf'`` (the MADE reads the data) or ``'iaf'`` (it reads the latent).
         hidden, num_layers, residual, order: the MADE's (see :class:`~realnvp.nets.MADE`).
         bins, bound, min_bin, min_derivative: the spline's (see
-            :func:`~realnvp.bijectors.splines.rational_quadratic`); ignored for ``'affine'``.
+            :func:`~realnvp.bijectors.splines.rational_quadratic`); ignored otherwise.
+        gate_bias: the initial bias of the ``'gated'`` transformer's ``s`` outputs; ignored
+            otherwise.
 
     :attr:`passes`: the number of MADE passes of the sequential direction (at most D).
     """
@@ -75,6 +83,7 @@ class MaskedAutoregressive(Bijector):
         min_bin: float = 1e-3,
         min_derivative: float = 1e-3,
         context: ContextSlot | None = None,
+        gate_bias: float = 2.0,
     ):
         super().__init__()
         if transformer not in TRANSFORMERS:
@@ -86,13 +95,16 @@ class MaskedAutoregressive(Bijector):
         self.features, self.transformer, self.direction = features, transformer, direction
         self.bins, self.bound = int(bins), float(bound)
         self.min_bin, self.min_derivative = float(min_bin), float(min_derivative)
-        per_feature = 2 if transformer == "affine" else 3 * self.bins - 1
+        per_feature = 3 * self.bins - 1 if transformer == "spline" else 2
         self.context = context
         self.made = MADE(features, per_feature, hidden=hidden, num_layers=num_layers,
                          residual=residual, order=order,
                          context_features=context.features if context is not None else 0)
         if transformer == "affine":
             self.rescale = nn.Parameter(torch.ones(features))
+        if transformer == "gated":
+            with torch.no_grad():
+                self.made.output.bias.view(features, 2)[:, 1] = gate_bias
 
     @property
     def passes(self) -> int:
@@ -119,6 +131,12 @@ class MaskedAutoregressive(Bijector):
             if inverse:
                 return torch.addcmul(mu, v, torch.exp(alpha)), alpha
             return (v - mu) / torch.exp(alpha), -alpha
+        if self.transformer == "gated":
+            m, log_sigma = h[..., 0], nn.functional.logsigmoid(h[..., 1])
+            sigma = torch.exp(log_sigma)
+            if inverse:
+                return torch.lerp(m, v, sigma), log_sigma
+            return (v - (1 - sigma) * m) / sigma, -log_sigma
         k = self.bins
         return rational_quadratic(v, h[..., :k], h[..., k:2 * k], h[..., 2 * k:], inverse,
                                   self.bound, self.min_bin, self.min_derivative, with_log_det)

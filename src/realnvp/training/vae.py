@@ -112,14 +112,18 @@ def write_spec(run_dir: Path, spec: dict) -> None:
 
 
 def read_spec(run_dir: str | Path) -> dict:
-    """The ``vae.json`` of a run that :func:`train_vae` wrote."""
+    """The ``vae.json`` of a run that :func:`train_vae` wrote (runs written before the IAF
+    transformer was a choice had the affine one)."""
     path = Path(run_dir) / VAE_FILE
     try:
-        return json.loads(path.read_text())
+        spec = json.loads(path.read_text())
     except FileNotFoundError:
         raise RunError(f"{run_dir} is not a run of realnvp vae (no {VAE_FILE})") from None
     except (OSError, json.JSONDecodeError) as e:
         raise RunError(f"cannot read {path}: {e}") from e
+    if not isinstance(spec, dict):
+        raise RunError(f"cannot read {path}: not a JSON object")
+    return {"iaf_transformer": "affine", **spec}
 
 
 def check_image_data(data: TrainingData) -> None:
@@ -131,7 +135,8 @@ def check_image_data(data: TrainingData) -> None:
 
 def train_vae(cfg: Config, run_dir: str | Path, *, posterior: str = "gaussian", length: int = 1,
               latent: int = 40, hidden: int = 400, flow_hidden: int = 128, iw_samples: int = 5000,
-              resume: bool = False, overrides: dict | None = None, data: TrainingData | None = None,
+              iaf_transformer: str = "gated", resume: bool = False, overrides: dict | None = None,
+              data: TrainingData | None = None,
               **seams) -> dict:
     """Train (or resume) a VAE with a ``posterior`` flow of ``length`` layers on the image data
     set ``cfg.data`` (or ``data``) through the :class:`~realnvp.training.Trainer`; returns the
@@ -146,19 +151,19 @@ def train_vae(cfg: Config, run_dir: str | Path, *, posterior: str = "gaussian", 
     from .trainer import Trainer
 
     spec = dict(posterior=posterior, length=length, latent=latent, hidden=hidden,
-                flow_hidden=flow_hidden, iw_samples=iw_samples)
+                flow_hidden=flow_hidden, iw_samples=iw_samples, iaf_transformer=iaf_transformer)
     if resume:
         spec = read_spec(run_dir)
         _, saved, _ = read_run_files(run_dir)
         cfg = saved.replace(**(overrides or {}))
-    check_posterior(spec["posterior"], spec["length"], spec["latent"])
+    check_posterior(spec["posterior"], spec["length"], spec["latent"], spec["iaf_transformer"])
     data = data or load_training_data(cfg)
     check_image_data(data)
     objective = NegativeELBO(iw_samples=spec["iw_samples"])
 
     def model(cfg_: Config, info: DataInfo) -> VAE:
         return VAE(math.prod(info.shape), spec["latent"], spec["posterior"], spec["length"],
-                   spec["hidden"], spec["flow_hidden"])
+                   spec["hidden"], spec["flow_hidden"], spec["iaf_transformer"])
 
     class _VAETrainer(Trainer):
         def setup(self):

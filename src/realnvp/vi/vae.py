@@ -12,7 +12,9 @@ Inference: an MLP encoder maps ``x`` to the base ``N(μ(x), diag σ(x)²)`` and,
   ``(z₀, α̂, β̂)``, constrained as in :mod:`realnvp.bijectors.planar` / ``radial``;
 - ``iaf`` / ``realnvp``: a feature ``h(x)`` that conditions ``length`` IAF layers (MADEs with a
   context input) or affine couplings (s/t networks with a context input) through
-  :class:`~realnvp.nets.context.ContextSlot` (Kingma et al. 2016, §4).
+  :class:`~realnvp.nets.context.ContextSlot` (Kingma et al. 2016, §4). The IAF's transformer is
+  ``iaf_transformer``: ``'gated'``, Kingma et al.'s update ``σ⊙z + (1 − σ)⊙m`` (eq. 14), or
+  ``'affine'`` (see :mod:`realnvp.bijectors.autoregressive`).
 
 ``z₀ = μ + σ·ε``, ``z_K = f_K ∘ … ∘ f_1(z₀)``, ``log q(z_K|x) = log N(z₀; μ, σ²) − Σ log|det ∂f_k|``.
 :meth:`VAE.log_weights` gives ``log w = log p(x, z_K) − log q(z_K|x)`` for ``S`` draws per image:
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 from ..models import IAF, VectorRealNVP
 
 POSTERIORS = ("gaussian", "planar", "radial", "iaf", "realnvp")
+IAF_TRANSFORMERS = ("gated", "affine")
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -87,14 +90,15 @@ class VAE(nn.Module):
         length: flow layers ``K`` (ignored by ``gaussian``).
         hidden: width of the encoder's and decoder's two hidden layers.
         flow_hidden: width of the IAF MADEs / coupling networks, and of the context ``h(x)``.
+        iaf_transformer: one of :data:`IAF_TRANSFORMERS`, the IAF layers' transformer.
     """
 
     def __init__(self, features: int, latent: int = 40, posterior: str = "gaussian", length: int = 1,
-                 hidden: int = 400, flow_hidden: int = 128):
+                 hidden: int = 400, flow_hidden: int = 128, iaf_transformer: str = "gated"):
         super().__init__()
-        check_posterior(posterior, length, latent)
+        check_posterior(posterior, length, latent, iaf_transformer)
         self.config = dict(features=features, latent=latent, posterior=posterior, length=length,
-                           hidden=hidden, flow_hidden=flow_hidden)
+                           hidden=hidden, flow_hidden=flow_hidden, iaf_transformer=iaf_transformer)
         self.features, self.latent, self.kind, self.length = features, latent, posterior, length
         self.body = mlp([features, hidden, hidden])
         self.body.append(nn.ELU())
@@ -103,7 +107,8 @@ class VAE(nn.Module):
         self.head = nn.Linear(hidden, 2 * latent + extra + context)
         self.flow = None
         if posterior == "iaf":
-            self.flow = IAF(latent, num_layers=length, hidden=flow_hidden, context_features=context)
+            self.flow = IAF(latent, num_layers=length, hidden=flow_hidden, transformer=iaf_transformer,
+                            context_features=context)
         elif posterior == "realnvp":
             self.flow = VectorRealNVP(latent, num_couplings=length, hidden=flow_hidden, batch_norm=False,
                                       weight_norm=False, context_features=context)
@@ -155,11 +160,14 @@ class VAE(nn.Module):
         return log_w.reshape(b, s)
 
 
-def check_posterior(kind: str, length: int, latent: int) -> None:
-    """A ``ValueError`` (one line) for an unknown posterior, ``length < 1``, or a latent too
-    small for couplings."""
+def check_posterior(kind: str, length: int, latent: int, iaf_transformer: str = "gated") -> None:
+    """A ``ValueError`` (one line) for an unknown posterior or IAF transformer, ``length < 1``,
+    or a latent too small for couplings."""
     if kind not in POSTERIORS:
         raise ValueError(f"unknown posterior {kind!r}; choose one of {', '.join(POSTERIORS)}")
+    if iaf_transformer not in IAF_TRANSFORMERS:
+        raise ValueError(f"unknown IAF transformer {iaf_transformer!r}; choose one of "
+                         f"{', '.join(IAF_TRANSFORMERS)}")
     if not isinstance(length, int) or length < 1:
         raise ValueError(f"the posterior needs length >= 1, got {length!r}")
     if latent < 1 or (kind == "realnvp" and latent < 2):
