@@ -30,18 +30,18 @@ from realnvp.training.vae import train_vae
 
 
 def posterior(name: str) -> tuple[str, int, str]:
-    """``"gaussian"`` or ``"KIND K=N"`` (kind planar, radial, IAF, affine IAF or RealNVP, any
-    case; IAF alone is the gated one) -> ``(kind, length, iaf_transformer)`` for :func:`train_vae`."""
+    """``"gaussian"`` or ``"KIND K=N"`` (kind planar, radial, IAF, gated IAF or RealNVP, any
+    case; IAF alone is the affine one) -> ``(kind, length, iaf_transformer)`` for :func:`train_vae`."""
     kind, _, length = name.partition(" K=")
     kind = kind.strip().lower()
-    transformer = "gated"
-    if kind == "affine iaf":
-        kind, transformer = "iaf", "affine"
+    transformer = "affine"
+    if kind == "gated iaf":
+        kind, transformer = "iaf", "gated"
     if kind == "gaussian" and not length:
         return "gaussian", 1, transformer
     if kind not in ("planar", "radial", "iaf", "realnvp") or not length.isdigit() or int(length) < 1:
         raise argparse.ArgumentTypeError(f"posterior {name!r}: expected gaussian or KIND K=N with "
-                                         f"KIND planar, radial, IAF, affine IAF or RealNVP")
+                                         f"KIND planar, radial, IAF, gated IAF or RealNVP")
     return kind, int(length), transformer
 
 

@@ -29,7 +29,8 @@ Transformers:
   ``Σ log σ_i``; its density direction ``z_i = (x_i − (1 − σ_i)·m_i)/σ_i``. The bias of every
   ``s`` output starts at ``gate_bias`` (the paper: "sufficiently positive, such as close to +1 or
   +2"), so each layer starts as a small step ``σ ≈ 0.88`` from the identity. The scale ``σ < 1``
-  contracts in the sampling direction.
+  contracts in the sampling direction. The authors' code (openai/iaf) uses the affine form
+  instead, ``(z − m)/exp(s)`` with the network's outputs scaled by 0.1.
 - ``'spline'``: the rational-quadratic spline of :mod:`.splines` (NSF §3.3, "autoregressive
   neural spline flows"), ``3K − 1`` parameters per feature, identity outside ``[−bound, bound]``.
 """

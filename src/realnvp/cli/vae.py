@@ -22,7 +22,7 @@ VAE_FLAGS = {  # option -> (config key, type)
 }
 #: the VAE's arguments and their defaults when neither a flag nor ``--config`` gives them
 VAE_DEFAULTS = dict(posterior="gaussian", length=1, latent=40, hidden=400, flow_hidden=128,
-                    iw_samples=5000, iaf_transformer="gated")
+                    iw_samples=5000, iaf_transformer="affine")
 
 
 def read_recipe(path: str | None):
@@ -85,8 +85,8 @@ def add_parser(sub) -> None:
     f.add_argument("--flow-hidden", dest="flow_hidden", type=positive_int,
                    help="width of the IAF/coupling networks and of the context h(x) (default 128)")
     f.add_argument("--iaf-transformer", dest="iaf_transformer",
-                   help="the IAF posterior's transformer: gated (Kingma et al. 2016, eq. 14; the "
-                        "default) or affine")
+                   help="the IAF posterior's transformer: affine (the default) or gated (Kingma et al. "
+                        "2016, eq. 14)")
     f.add_argument("--iw-samples", dest="iw_samples", type=positive_int,
                    help="draws per test image of the importance-weighted -log p(x) (default 5000)")
     f.add_argument("--config", help="a JSON recipe (e.g. vae-mnist): configuration keys and a 'vae' entry")

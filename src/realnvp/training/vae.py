@@ -135,7 +135,7 @@ def check_image_data(data: TrainingData) -> None:
 
 def train_vae(cfg: Config, run_dir: str | Path, *, posterior: str = "gaussian", length: int = 1,
               latent: int = 40, hidden: int = 400, flow_hidden: int = 128, iw_samples: int = 5000,
-              iaf_transformer: str = "gated", resume: bool = False, overrides: dict | None = None,
+              iaf_transformer: str = "affine", resume: bool = False, overrides: dict | None = None,
               data: TrainingData | None = None,
               **seams) -> dict:
     """Train (or resume) a VAE with a ``posterior`` flow of ``length`` layers on the image data

@@ -13,8 +13,9 @@ Inference: an MLP encoder maps ``x`` to the base ``N(μ(x), diag σ(x)²)`` and,
 - ``iaf`` / ``realnvp``: a feature ``h(x)`` that conditions ``length`` IAF layers (MADEs with a
   context input) or affine couplings (s/t networks with a context input) through
   :class:`~realnvp.nets.context.ContextSlot` (Kingma et al. 2016, §4). The IAF's transformer is
-  ``iaf_transformer``: ``'gated'``, Kingma et al.'s update ``σ⊙z + (1 − σ)⊙m`` (eq. 14), or
-  ``'affine'`` (see :mod:`realnvp.bijectors.autoregressive`).
+  ``iaf_transformer``: ``'affine'`` (the form of Kingma et al.'s code, ``(z − m)/exp(s)`` with
+  small initial outputs) or ``'gated'``, the paper's update ``σ⊙z + (1 − σ)⊙m`` (eq. 14); see
+  :mod:`realnvp.bijectors.autoregressive`.
 
 ``z₀ = μ + σ·ε``, ``z_K = f_K ∘ … ∘ f_1(z₀)``, ``log q(z_K|x) = log N(z₀; μ, σ²) − Σ log|det ∂f_k|``.
 :meth:`VAE.log_weights` gives ``log w = log p(x, z_K) − log q(z_K|x)`` for ``S`` draws per image:
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 from ..models import IAF, VectorRealNVP
 
 POSTERIORS = ("gaussian", "planar", "radial", "iaf", "realnvp")
-IAF_TRANSFORMERS = ("gated", "affine")
+IAF_TRANSFORMERS = ("affine", "gated")
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -94,7 +95,7 @@ class VAE(nn.Module):
     """
 
     def __init__(self, features: int, latent: int = 40, posterior: str = "gaussian", length: int = 1,
-                 hidden: int = 400, flow_hidden: int = 128, iaf_transformer: str = "gated"):
+                 hidden: int = 400, flow_hidden: int = 128, iaf_transformer: str = "affine"):
         super().__init__()
         check_posterior(posterior, length, latent, iaf_transformer)
         self.config = dict(features=features, latent=latent, posterior=posterior, length=length,
@@ -160,7 +161,7 @@ class VAE(nn.Module):
         return log_w.reshape(b, s)
 
 
-def check_posterior(kind: str, length: int, latent: int, iaf_transformer: str = "gated") -> None:
+def check_posterior(kind: str, length: int, latent: int, iaf_transformer: str = "affine") -> None:
     """A ``ValueError`` (one line) for an unknown posterior or IAF transformer, ``length < 1``,
     or a latent too small for couplings."""
     if kind not in POSTERIORS:
