@@ -131,6 +131,29 @@ def test_the_max_nfe_guard_stops_stiff_dynamics_with_a_clear_error():
         CNF(_BlowUp(), max_nfe=2000)(torch.ones(4, 2))
 
 
+def test_test_tolerances_rule_eval_mode_only():
+    """``test_rtol``/``test_atol`` (the reference code's ``--test_rtol/--test_atol``): training
+    solves at ``rtol``/``atol``, eval mode at the test ones, as a CNF built with them would."""
+    loose = CNF(_dynamics(2), t1=0.5, rtol=1e-2, atol=1e-2, test_rtol=1e-7, test_atol=1e-8)
+    tight = CNF(_dynamics(2), t1=0.5, rtol=1e-7, atol=1e-8)
+    plain = CNF(_dynamics(2), t1=0.5, rtol=1e-2, atol=1e-2)
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    assert loose.tolerances() == (1e-2, 1e-2)
+    z_train, ld_train = loose(x)
+    torch.testing.assert_close((z_train, ld_train), plain(x), rtol=0, atol=0)
+    nfe_train = loose.nfe
+    loose.eval(), tight.eval()
+    assert loose.tolerances() == (1e-7, 1e-8)
+    z_eval, ld_eval = loose(x)
+    torch.testing.assert_close((z_eval, ld_eval), tight(x), rtol=0, atol=0)
+    assert loose.nfe > nfe_train
+    with pytest.raises(ODESolverError, match=r"rtol=1e-07, atol=1e-08"):
+        stiff = CNF(_Stiff(), max_nfe=50, rtol=1e-2, atol=1e-2, test_rtol=1e-7, test_atol=1e-8)
+        stiff.eval()(torch.ones(4, 2))
+    with pytest.raises(ValueError, match="test_rtol and test_atol must be > 0"):
+        CNF(_dynamics(2), test_rtol=0.0)
+
+
 def test_a_cnf_in_a_sequential_with_a_coupling():
     torch.set_default_dtype(torch.float64)
     try:
@@ -173,6 +196,10 @@ def test_config_keys_reach_the_model():
     cnf = model.bijector[1]
     assert (cnf.solver, cnf.rtol, cnf.atol, cnf.adjoint, cnf.trace, cnf.kinetic_energy, cnf.max_nfe) == \
         ("rk4", 1e-4, 1e-6, True, "hutchinson", 0.01, 50)
+    assert (cnf.test_rtol, cnf.test_atol) == (None, None)  # 0: the training tolerances
+    cnf = build_model(cfg.replace(ode_test_rtol=1e-6, ode_test_atol=1e-7),
+                      DataInfo("toy:moons", "vector", (2,), None)).bijector[0]
+    assert (cnf.test_rtol, cnf.test_atol) == (1e-6, 1e-7)
     image = build_model(Config(model="ffjord", hidden_channels=4, num_layers=1, num_blocks=1),
                         DataInfo("digits", "image", (1, 8, 8), 17))
     assert type(image) is FFJORDImage

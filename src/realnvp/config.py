@@ -54,6 +54,8 @@ class Config:
     ode_solver: str = "dopri5"
     ode_rtol: float = 1e-5
     ode_atol: float = 1e-5
+    ode_test_rtol: float = 0.0
+    ode_test_atol: float = 0.0
     ode_adjoint: bool = False
     trace_estimator: str = "auto"
     kinetic_energy: float = 0.0
@@ -151,6 +153,10 @@ HELP = {
     "ode_solver": "ffjord: torchdiffeq's solver (dopri5, the reference code's; fixed-grid ones step 0.05)",
     "ode_rtol": "ffjord: the solver's relative tolerance (the reference code's 1e-5)",
     "ode_atol": "ffjord: the solver's absolute tolerance (the reference code's 1e-5)",
+    "ode_test_rtol": "ffjord: the relative tolerance in evaluation, sampling and validation (the reference "
+                     "code's --test_rtol; 0: ode_rtol)",
+    "ode_test_atol": "ffjord: the absolute tolerance in evaluation, sampling and validation (the reference "
+                     "code's --test_atol; 0: ode_atol)",
     "ode_adjoint": "ffjord: back-propagate with the adjoint method (constant memory, slower)",
     "trace_estimator": "ffjord: exact, hutchinson (Rademacher noise) or auto (exact for D <= 8, "
                        "and in evaluation for D <= 32)",
@@ -216,6 +222,8 @@ _RANGES = [
     ("lr", *_FINITE_POSITIVE), ("eps", *_FINITE_POSITIVE), ("grad_clip", *_FINITE_POSITIVE),
     ("spline_bound", *_FINITE_POSITIVE),
     ("ode_rtol", *_FINITE_POSITIVE), ("ode_atol", *_FINITE_POSITIVE),
+    ("ode_test_rtol", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    ("ode_test_atol", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("kinetic_energy", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("jacobian_norm", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("l2", lambda v: 0 <= v < math.inf, "a finite number >= 0"),

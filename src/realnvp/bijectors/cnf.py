@@ -87,9 +87,10 @@ class _Augmented(nn.Module):
         self.nfe += 1
         cnf = self.cnf
         if self.nfe > cnf.max_nfe:
+            rtol, atol = cnf.tolerances()
             raise ODESolverError(
                 f"CNF max_nfe guard: the ODE solve needed more than max_nfe={cnf.max_nfe} function "
-                f"evaluations ({cnf.solver}, rtol={cnf.rtol:g}, atol={cnf.atol:g}) - the dynamics are "
+                f"evaluations ({cnf.solver}, rtol={rtol:g}, atol={atol:g}) - the dynamics are "
                 "stiff or diverging; lower the learning rate, regularise the dynamics (kinetic_energy, "
                 "jacobian_norm), loosen the tolerances or raise max_nfe")
         create_graph = torch.is_grad_enabled()
@@ -132,6 +133,9 @@ class CNF(Bijector):
             (``dopri5``, 1e-5 and 1e-5; its tabular runs use ``atol=1e-8, rtol=1e-6``).
             ``solver_options`` go to torchdiffeq (fixed-grid solvers get ``step_size=0.05``
             unless given).
+        test_rtol, test_atol: the tolerances in eval mode (validation, test, sampling), the
+            reference code's ``--test_rtol``/``--test_atol``; ``None``: ``rtol``/``atol``. A flow
+            trained at loose tolerances is then scored at tight ones.
         adjoint: back-propagate with the adjoint method (``odeint_adjoint``: memory constant in
             the number of steps, usually slower) instead of through the solver's operations.
         trace: ``"exact"``, ``"hutchinson"`` or ``"auto"``: exact when ``D ≤ exact_max_dim``,
@@ -161,7 +165,8 @@ class CNF(Bijector):
                  noise: str = "rademacher", exact_max_dim: int = 8, eval_exact_max_dim: int = 32,
                  kinetic_energy: float = 0.0, jacobian_norm: float = 0.0, max_nfe: int = 10_000,
                  error_norm: str = "max", solver_options: dict | None = None,
-                 context: ContextSlot | None = None):
+                 context: ContextSlot | None = None, test_rtol: float | None = None,
+                 test_atol: float | None = None):
         super().__init__()
         if not 0 < t1 < math.inf:
             raise ValueError(f"t1 must be a finite number > 0, got {t1}")
@@ -171,6 +176,8 @@ class CNF(Bijector):
             raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {noise!r}")
         if not (rtol > 0 and atol > 0):
             raise ValueError(f"rtol and atol must be > 0, got {rtol}, {atol}")
+        if not all(t is None or t > 0 for t in (test_rtol, test_atol)):
+            raise ValueError(f"test_rtol and test_atol must be > 0 (or None), got {test_rtol}, {test_atol}")
         if error_norm not in ERROR_NORMS:
             raise ValueError(f"error_norm must be one of {', '.join(ERROR_NORMS)}, got {error_norm!r}")
         if max_nfe < 1:
@@ -189,6 +196,8 @@ class CNF(Bijector):
         else:
             self.register_buffer("sqrt_end_time", root)
         self.solver, self.rtol, self.atol, self.adjoint = solver, float(rtol), float(atol), adjoint
+        self.test_rtol = float(test_rtol) if test_rtol is not None else None
+        self.test_atol = float(test_atol) if test_atol is not None else None
         self.trace, self.noise = trace, noise
         self.exact_max_dim, self.eval_exact_max_dim = exact_max_dim, eval_exact_max_dim
         self.kinetic_energy, self.jacobian_norm = float(kinetic_energy), float(jacobian_norm)
@@ -206,6 +215,13 @@ class CNF(Bijector):
     def end_time(self) -> Tensor:
         """``t1`` as a tensor (differentiable when learnt)."""
         return self.sqrt_end_time * self.sqrt_end_time
+
+    def tolerances(self) -> tuple[float, float]:
+        """``(rtol, atol)`` of a solve now: the test ones in eval mode (when given)."""
+        if self.training:
+            return self.rtol, self.atol
+        return (self.rtol if self.test_rtol is None else self.test_rtol,
+                self.atol if self.test_atol is None else self.test_atol)
 
     def trace_mode(self, dim: int) -> str:
         """``"exact"`` or ``"hutchinson"``: what a solve on ``dim`` features would use now."""
@@ -238,7 +254,7 @@ class CNF(Bijector):
         state = (x, zeros) + (zeros,) * (int(kinetic) + int(jacobian))
         # the regularisers are not under error control (as in FFJORD's reference code)
         options = dict(self.solver_options)
-        rtol, atol = self.rtol, self.atol
+        rtol, atol = tolerances = self.tolerances()
         if self.error_norm == "max" and self.solver not in FIXED_GRID_SOLVERS:
             options.setdefault("norm", _max_norm)
         elif len(state) > 2:
@@ -249,7 +265,7 @@ class CNF(Bijector):
         try:
             if self.adjoint and torch.is_grad_enabled():
                 out = odeint_adjoint(func, state, s, adjoint_params=tuple(self.parameters()),
-                                     adjoint_rtol=self.rtol, adjoint_atol=self.atol, **kwargs)
+                                     adjoint_rtol=tolerances[0], adjoint_atol=tolerances[1], **kwargs)
             else:
                 out = odeint(func, state, s, **kwargs)
         except AssertionError as e:
@@ -277,8 +293,10 @@ class CNF(Bijector):
         self.regularization_terms, self.regularization = terms, total
 
     def extra_repr(self) -> str:
+        test = "" if self.test_rtol is None and self.test_atol is None else \
+            f", test_rtol={self.test_rtol}, test_atol={self.test_atol}"
         return (f"t1={float(self.end_time.detach()):.4g}, solver={self.solver}, rtol={self.rtol:g}, "
-                f"atol={self.atol:g}, trace={self.trace}, noise={self.noise}, adjoint={self.adjoint}")
+                f"atol={self.atol:g}{test}, trace={self.trace}, noise={self.noise}, adjoint={self.adjoint}")
 
 
 def regularization_loss(module: nn.Module) -> Tensor | float:

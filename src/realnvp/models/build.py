@@ -21,6 +21,7 @@ _AUTOREGRESSIVE = {"maf": MAF, "iaf": IAF, "nsf-autoregressive": NSFAutoregressi
 def _ode_options(cfg: Config) -> dict:
     """The CNF options of the ffjord models."""
     return dict(solver=cfg.ode_solver, rtol=cfg.ode_rtol, atol=cfg.ode_atol, adjoint=cfg.ode_adjoint,
+                test_rtol=cfg.ode_test_rtol or None, test_atol=cfg.ode_test_atol or None,
                 kinetic_energy=cfg.kinetic_energy, jacobian_norm=cfg.jacobian_norm, max_nfe=cfg.max_nfe)
 
 
