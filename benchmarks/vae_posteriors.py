@@ -79,6 +79,8 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=200)
     p.add_argument("--flow-hidden", type=int, default=128)
     p.add_argument("--iw-samples", type=int, default=500)
+    p.add_argument("--anneal-steps", type=int, default=0,
+                   help="R&M's annealing of log p(x, z) from 0.01 to 1 over these steps (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--posteriors", default="gaussian,planar K=10,planar K=40,IAF K=4,RealNVP K=4")
     p.add_argument("--json", help="also write the rows here")
@@ -97,7 +99,7 @@ def main() -> None:
                  threads=1, seed=args.seed, source="benchmarks/vae_posteriors.py")
     rows = []
     print(f"{args.data}: latent {args.latent}, hidden {args.hidden}, {args.steps} steps of "
-          f"{args.batch_size}, IW S={args.iw_samples}")
+          f"{args.batch_size}, IW S={args.iw_samples}, annealing over {args.anneal_steps} steps")
     print(f"{'posterior':<14} {'test -ELBO':>10} {'IW -log p(x)':>13} {'epoch':>6} {'s':>6}")
     for name in args.posteriors.split(","):
         kind, length, transformer = posterior(name)
@@ -105,8 +107,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             r = train_vae(cfg, f"{d}/run", posterior=kind, length=length, latent=args.latent,
                           hidden=args.hidden, flow_hidden=args.flow_hidden, iaf_transformer=transformer,
-                          iw_samples=args.iw_samples, data=data, max_steps=args.steps,
-                          quiet=True, log=lambda *a, **k: None)
+                          anneal_steps=args.anneal_steps, iw_samples=args.iw_samples, data=data,
+                          max_steps=args.steps, quiet=True, log=lambda *a, **k: None)
         row = dict(posterior=name, neg_elbo=r["neg_elbo"], nll_iw=r["nll_iw"],
                    selected_epoch=r.get("selected_epoch"), cpu_s=time.process_time() - t0)
         rows.append(row)

@@ -10,7 +10,7 @@ import torch
 from helpers import jacobian_log_dets, perturb
 from realnvp import Glow, RealNVP
 from realnvp.models import FFJORD, IAF, MAF, FFJORDImage, NSFAutoregressive, NSFCoupling, VectorRealNVP
-from realnvp.nets.context import one_hot
+from realnvp.nets.context import ContextSlot, one_hot
 
 K = 3
 
@@ -105,6 +105,25 @@ def test_gradients_reach_the_context_path():
     c = torch.randn(5, K, requires_grad=True)
     model.log_prob(torch.randn(5, 2), c).sum().backward()
     assert c.grad is not None and bool(c.grad.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("name", ["realnvp", "iaf"])
+def test_a_copy_after_a_differentiable_call_is_an_independent_conditional_flow(name):
+    """The slot keeps the last call's context, a non-leaf tensor after a differentiable call (a
+    training step, a VAE's ``h(x)``): copying the model (best-checkpoint selection, EMA) must
+    work, and the copy's networks share one slot of their own."""
+    import copy
+
+    model = vector_models()[name]()
+    c = torch.randn(5, K, requires_grad=True)
+    x = torch.randn(5, 2)
+    model.log_prob(x, 2 * c).sum().backward()
+    twin = copy.deepcopy(model)
+    assert twin.context_slot is not model.context_slot and twin.context_slot.value is None
+    slots = {id(v) for m in twin.modules() for v in vars(m).values() if isinstance(v, ContextSlot)}
+    assert slots == {id(twin.context_slot)}
+    with torch.no_grad():
+        torch.testing.assert_close(twin.log_prob(x, c), model.log_prob(x, c))
 
 
 @pytest.mark.parametrize("call, message", [

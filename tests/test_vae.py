@@ -100,6 +100,40 @@ def test_iw_with_one_draw_is_the_elbo_of_that_draw():
     torch.testing.assert_close(elbo, direct, atol=1e-12, rtol=0)
 
 
+def test_rm_annealing_schedule():
+    from realnvp.vi.bounds import annealed_beta
+
+    assert [annealed_beta(t, 10_000) for t in (0, 5000, 9900, 10_000, 50_000)] == [0.01, 0.51, 1.0, 1.0, 1.0]
+    assert annealed_beta(0, 0) == annealed_beta(123, 0) == 1.0  # no annealing
+
+
+@pytest.mark.parametrize("step", [0, 50, 100, 300])
+def test_annealed_loss_weights_the_joint_and_reports_the_plain_negative_elbo(step):
+    """R&M §6: the training loss is ``E_q[log q(z|x) − β_t·log p(x, z)]``, ``β_t = min(1, 0.01 +
+    t/anneal_steps)``; the reported figure is the un-annealed negative ELBO of the same draws."""
+    from types import SimpleNamespace
+
+    from realnvp.data import DataInfo
+    from realnvp.training.vae import NegativeELBO
+
+    vae = tiny_vae("planar").float()  # as trained: float32 pixels
+    info = DataInfo(name="tiny", kind="image", shape=(1, 2, 2), num_levels=2)
+    ctx = SimpleNamespace(net=vae, state=SimpleNamespace(step=step), data=SimpleNamespace(info=info),
+                          device=torch.device("cpu"))
+    levels = torch.tensor([[0, 1, 1, 0], [1, 0, 1, 1], [1, 1, 1, 0]]).reshape(3, 1, 2, 2)
+    torch.manual_seed(5)
+    loss, reported = NegativeELBO(anneal_steps=100).loss(ctx, levels)
+    torch.manual_seed(5)
+    x = binarize(levels.reshape(3, 4), 2)
+    log_p, log_q = vae.log_densities(x, 1)
+    beta = min(1.0, 0.01 + step / 100)
+    torch.testing.assert_close(loss, -(beta * log_p - log_q).mean())
+    torch.testing.assert_close(reported, (log_q - log_p).mean())
+    assert (abs(float(loss.detach() - reported)) > 1e-3) == (beta < 1)  # the weight matters until it is 1
+    with pytest.raises(ValueError, match="anneal_steps must be an integer >= 0"):
+        NegativeELBO(anneal_steps=-1)
+
+
 def test_dynamic_binarisation_is_bernoulli_with_the_level_as_mean():
     levels = torch.arange(17, dtype=torch.uint8).repeat(20000, 1)
     draws = binarize(levels, 17, generator=torch.Generator().manual_seed(0))
@@ -117,19 +151,22 @@ TINY_RUN = ("--data", "digits", "--posterior", "planar", "--length", "2", "--lat
 
 def test_realnvp_vae_run_and_resume_equals_an_uninterrupted_run(tmp_path, capsys):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    code, out, err = cli(capsys, "vae", *TINY_RUN, "--out", whole)
+    annealed = ("--anneal-steps", "40")  # β still rising at the interruption (step 30)
+    code, out, err = cli(capsys, "vae", *TINY_RUN, *annealed, "--out", whole)
     assert code == 0, err
     assert "-log p(x)" in out
     for name in ("config.json", "vae.json", "metrics.csv", "eval.json", "checkpoints/last.safetensors"):
         assert (whole / name).exists(), name
     result = json.loads((whole / "eval.json").read_text())
     assert result["iw_samples"] == 20 and result["nll_iw"] <= result["neg_elbo"]
-    assert json.loads((whole / "vae.json").read_text())["posterior"] == "planar"
+    spec = json.loads((whole / "vae.json").read_text())
+    assert spec["posterior"] == "planar" and spec["anneal_steps"] == 40
     for command in (["info", whole], ["eval", whole], ["sample", whole, "-n", "4"]):
         code, _, err = cli(capsys, *command)  # the run commands take flows only: one line
         assert code == 2 and "is a run of realnvp vae" in one_line(err)
 
-    code, out, err = cli(capsys, "vae", *TINY_RUN, "--out", parts, "--max-steps", "30")  # mid-epoch 2
+    code, out, err = cli(capsys, "vae", *TINY_RUN, *annealed, "--out", parts,
+                         "--max-steps", "30")  # mid-epoch 2
     assert code == 0 and "continue with: realnvp vae --resume" in out, err
     code, out, err = cli(capsys, "vae", "--resume", parts, "--quiet")
     assert code == 0, err
@@ -146,6 +183,7 @@ def test_realnvp_vae_run_and_resume_equals_an_uninterrupted_run(tmp_path, capsys
     (("--data", "toy:moons"), "needs an image data set"),
     (("--data", "nonsense"), "unknown data set"),
     (("--posterior", "iaf", "--iaf-transformer", "bogus"), "unknown IAF transformer 'bogus'"),
+    (("--anneal-steps", "-5"), "anneal_steps must be an integer >= 0, got -5"),
     ((), "give the run directory"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, message):
@@ -161,17 +199,19 @@ def test_the_mnist_recipe_reads():
     cfg, spec = read_recipe("vae-mnist")
     assert cfg.data == "mnist" and cfg.batch_size == 100
     assert spec == dict(posterior="planar", length=80, latent=40, hidden=400, flow_hidden=320,
-                        iw_samples=5000, iaf_transformer="affine")
+                        iw_samples=5000, iaf_transformer="affine", anneal_steps=10_000)
 
 
 def test_runs_from_before_the_iaf_transformer_choice_read_as_affine(tmp_path):
     """A ``vae.json`` without ``iaf_transformer`` was written when the IAF was affine: it is read
-    back as affine, so its checkpoint (with the affine layers' ``rescale``) loads."""
+    back as affine, so its checkpoint (with the affine layers' ``rescale``) loads; without
+    ``anneal_steps``, when there was no annealing."""
     from realnvp.training.vae import read_spec
 
     (tmp_path / "vae.json").write_text(json.dumps(dict(posterior="iaf", length=2, latent=3, hidden=8,
                                                        flow_hidden=8, iw_samples=10)))
     assert read_spec(tmp_path)["iaf_transformer"] == "affine"
+    assert read_spec(tmp_path)["anneal_steps"] == 0  # nor annealing
     (tmp_path / "vae.json").write_text(json.dumps(dict(posterior="iaf", iaf_transformer="gated")))
     assert read_spec(tmp_path)["iaf_transformer"] == "gated"
     assert "rescale" in "".join(VAE(4, 3, "iaf", 2, 8, 8, "affine").state_dict())

@@ -22,7 +22,7 @@ VAE_FLAGS = {  # option -> (config key, type)
 }
 #: the VAE's arguments and their defaults when neither a flag nor ``--config`` gives them
 VAE_DEFAULTS = dict(posterior="gaussian", length=1, latent=40, hidden=400, flow_hidden=128,
-                    iw_samples=5000, iaf_transformer="affine")
+                    iw_samples=5000, iaf_transformer="affine", anneal_steps=0)
 
 
 def read_recipe(path: str | None):
@@ -87,6 +87,9 @@ def add_parser(sub) -> None:
     f.add_argument("--iaf-transformer", dest="iaf_transformer",
                    help="the IAF posterior's transformer: affine (the default) or gated (Kingma et al. "
                         "2016, eq. 14)")
+    f.add_argument("--anneal-steps", dest="anneal_steps", type=int, metavar="N",
+                   help="raise the weight of log p(x, z) in the training loss from 0.01 to 1 over N steps "
+                        "(R&M 2015, section 6: 10000); default 0, no annealing")
     f.add_argument("--iw-samples", dest="iw_samples", type=positive_int,
                    help="draws per test image of the importance-weighted -log p(x) (default 5000)")
     f.add_argument("--config", help="a JSON recipe (e.g. vae-mnist): configuration keys and a 'vae' entry")

@@ -34,6 +34,12 @@ class ContextSlot:
             raise RuntimeError("a conditional network ran outside a call of its flow with a context")
         return self.value
 
+    def __deepcopy__(self, memo) -> ContextSlot:
+        # a copy of a model is not inside the call in progress: an empty slot (the call's
+        # context may be a non-leaf tensor of an autograd graph, which cannot be deep-copied);
+        # ``copy.deepcopy``'s memo keeps the copy shared by the copied networks
+        return ContextSlot(self.features)
+
     def __repr__(self) -> str:
         return f"ContextSlot({self.features})"
 

@@ -7,7 +7,10 @@ arguments), checkpoints, ``metrics.csv`` (``train_neg_elbo``, ``valid_neg_elbo``
 and exact resume, as ``realnvp train`` runs do.
 
 - Training: dynamic binarisation (every batch's pixels are fresh ``Bernoulli(level / (K − 1))``
-  draws), one posterior sample per image, the batch's mean negative ELBO in nats per image.
+  draws), one posterior sample per image, the batch's mean negative ELBO in nats per image;
+  with ``anneal_steps`` > 0, R&M's annealed free energy ``E_q[log q(z|x) − β_t·log p(x, z)]``,
+  ``β_t = min(1, 0.01 + t/anneal_steps)`` (§6: 10,000 iterations) instead. ``train_neg_elbo``
+  is the un-annealed negative ELBO either way.
 - Selection after every epoch: the negative ELBO (one draw per image) of the validation split
   binarised once with a fixed generator.
 - ``eval.json`` (the test split, binarised once with the seed): ``neg_elbo`` (the mean over the
@@ -29,6 +32,7 @@ from ..config import Config
 from ..data import DataInfo
 from ..inputs import batch_parts
 from ..runs import RunError
+from ..vi.bounds import annealed_beta, elbo
 from ..vi.vae import VAE, binarize, bounds, check_posterior
 from .data import TrainingData, load_training_data
 from .objectives import Objective
@@ -57,17 +61,23 @@ class NegativeELBO(Objective):
     Args:
         iw_samples: ``S``, draws per test image of the final importance-weighted estimate.
         eval_batch: images per evaluation pass (with all their draws, in chunks).
+        anneal_steps: optimizer steps over which the weight of ``log p(x, z)`` in the training
+            loss rises from ``beta0`` to 1 (R&M §6); 0: the plain negative ELBO.
     """
 
     metric = "neg_elbo"
     score_key = "neg_elbo"
     unit = "nats"
 
-    def __init__(self, iw_samples: int = 5000, eval_batch: int = 100):
+    def __init__(self, iw_samples: int = 5000, eval_batch: int = 100, anneal_steps: int = 0,
+                 beta0: float = 0.01):
         super().__init__()
         if iw_samples < 1 or eval_batch < 1:
             raise ValueError("iw_samples and eval_batch must be >= 1")
+        if not isinstance(anneal_steps, int) or anneal_steps < 0:
+            raise ValueError(f"anneal_steps must be an integer >= 0, got {anneal_steps!r}")
         self.iw_samples, self.eval_batch = iw_samples, eval_batch
+        self.anneal_steps, self.beta0 = anneal_steps, beta0
         self._binarised: dict[int, Tensor] = {}
 
     def setup(self, ctx) -> None:
@@ -77,8 +87,9 @@ class NegativeELBO(Objective):
 
     def loss(self, ctx, batch) -> tuple[Tensor, Tensor]:
         x = binarize(flat_images(batch, ctx.data.info, ctx.device), ctx.data.info.num_levels)
-        neg = -ctx.net.log_weights(x, 1).mean()
-        return neg, neg.detach()
+        log_p, log_q = ctx.net.log_densities(x, 1)
+        beta = annealed_beta(ctx.state.step, self.anneal_steps, self.beta0)
+        return -elbo(log_p, log_q, beta), (log_q - log_p).mean().detach()
 
     def _data(self, ctx, dataset, salt: int) -> Tensor:
         key = id(dataset)
@@ -113,7 +124,7 @@ def write_spec(run_dir: Path, spec: dict) -> None:
 
 def read_spec(run_dir: str | Path) -> dict:
     """The ``vae.json`` of a run that :func:`train_vae` wrote (runs written before the IAF
-    transformer was a choice had the affine one)."""
+    transformer and annealing were choices had the affine IAF and no annealing)."""
     path = Path(run_dir) / VAE_FILE
     try:
         spec = json.loads(path.read_text())
@@ -123,7 +134,7 @@ def read_spec(run_dir: str | Path) -> dict:
         raise RunError(f"cannot read {path}: {e}") from e
     if not isinstance(spec, dict):
         raise RunError(f"cannot read {path}: not a JSON object")
-    return {"iaf_transformer": "affine", **spec}
+    return {"iaf_transformer": "affine", "anneal_steps": 0, **spec}
 
 
 def check_image_data(data: TrainingData) -> None:
@@ -135,9 +146,8 @@ def check_image_data(data: TrainingData) -> None:
 
 def train_vae(cfg: Config, run_dir: str | Path, *, posterior: str = "gaussian", length: int = 1,
               latent: int = 40, hidden: int = 400, flow_hidden: int = 128, iw_samples: int = 5000,
-              iaf_transformer: str = "affine", resume: bool = False, overrides: dict | None = None,
-              data: TrainingData | None = None,
-              **seams) -> dict:
+              iaf_transformer: str = "affine", anneal_steps: int = 0, resume: bool = False,
+              overrides: dict | None = None, data: TrainingData | None = None, **seams) -> dict:
     """Train (or resume) a VAE with a ``posterior`` flow of ``length`` layers on the image data
     set ``cfg.data`` (or ``data``) through the :class:`~realnvp.training.Trainer`; returns the
     final evaluation (``neg_elbo``, ``nll_iw`` over ``iw_samples`` draws per test image).
@@ -145,13 +155,15 @@ def train_vae(cfg: Config, run_dir: str | Path, *, posterior: str = "gaussian", 
     ``resume=True`` reads the VAE's arguments back from ``vae.json`` and the configuration
     from the run (only ``overrides`` are taken from the call). ``seams``: the trainer's other
     keyword arguments (``max_steps``, ``time_budget``, ``quiet``, ``log``, ...). Bad arguments
-    (unknown posterior, ``length < 1``, a data set that is not images) are ``ValueError``s.
+    (unknown posterior, ``length < 1``, ``anneal_steps < 0``, a data set that is not images) are
+    ``ValueError``s.
     """
     from ..runs import read_run_files
     from .trainer import Trainer
 
     spec = dict(posterior=posterior, length=length, latent=latent, hidden=hidden,
-                flow_hidden=flow_hidden, iw_samples=iw_samples, iaf_transformer=iaf_transformer)
+                flow_hidden=flow_hidden, iw_samples=iw_samples, iaf_transformer=iaf_transformer,
+                anneal_steps=anneal_steps)
     if resume:
         spec = read_spec(run_dir)
         _, saved, _ = read_run_files(run_dir)
@@ -159,7 +171,7 @@ def train_vae(cfg: Config, run_dir: str | Path, *, posterior: str = "gaussian", 
     check_posterior(spec["posterior"], spec["length"], spec["latent"], spec["iaf_transformer"])
     data = data or load_training_data(cfg)
     check_image_data(data)
-    objective = NegativeELBO(iw_samples=spec["iw_samples"])
+    objective = NegativeELBO(iw_samples=spec["iw_samples"], anneal_steps=spec["anneal_steps"])
 
     def model(cfg_: Config, info: DataInfo) -> VAE:
         return VAE(math.prod(info.shape), spec["latent"], spec["posterior"], spec["length"],

@@ -34,7 +34,7 @@ from ..config import Config
 from ..data import DataInfo
 from ..models import Flow
 from ..runs import RunError, read_run_files
-from ..vi.bounds import elbo, estimate, importance_weighted_bound, log_weights
+from ..vi.bounds import annealed_beta, elbo, estimate, importance_weighted_bound, log_weights
 from ..vi.quadrature import log_normaliser, q_beside_target
 from ..vi.targets import checked
 from ..viz import save
@@ -100,9 +100,7 @@ class ReverseKL(Objective):
 
     def beta(self, step: int) -> float:
         """The target's weight at optimizer step ``step``."""
-        if not self.anneal_steps:
-            return 1.0
-        return min(1.0, self.beta0 + step / self.anneal_steps)
+        return annealed_beta(step, self.anneal_steps, self.beta0)
 
     def setup(self, ctx) -> None:
         self.target.to(ctx.device)

@@ -49,6 +49,14 @@ def elbo(log_p: Tensor, log_q: Tensor, beta: float = 1.0) -> Tensor:
     return (beta * log_p - log_q).mean()
 
 
+def annealed_beta(step: int, anneal_steps: int, beta0: float = 0.01) -> float:
+    """R&M's annealing (2015, §6): the target's weight ``β_t = min(1, β₀ + t/anneal_steps)`` at
+    optimizer step ``t`` (``anneal_steps = 0``: 1 throughout)."""
+    if not anneal_steps:
+        return 1.0
+    return min(1.0, beta0 + step / anneal_steps)
+
+
 def importance_weighted_bound(log_p: Tensor, log_q: Tensor, samples: int) -> Tensor:
     """``log (1/S) Σₛ p̃(zₛ)/q(zₛ)`` for each group of ``S = samples`` consecutive samples:
     ``(n / S,)``. ``samples = 1`` gives the one-sample ELBO terms."""

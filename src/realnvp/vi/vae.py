@@ -18,8 +18,9 @@ Inference: an MLP encoder maps ``x`` to the base ``N(μ(x), diag σ(x)²)`` and,
   :mod:`realnvp.bijectors.autoregressive`.
 
 ``z₀ = μ + σ·ε``, ``z_K = f_K ∘ … ∘ f_1(z₀)``, ``log q(z_K|x) = log N(z₀; μ, σ²) − Σ log|det ∂f_k|``.
-:meth:`VAE.log_weights` gives ``log w = log p(x, z_K) − log q(z_K|x)`` for ``S`` draws per image:
-its mean is the ELBO, ``logsumexp − log S`` the importance-weighted bound (Burda et al. 2016).
+:meth:`VAE.log_weights` gives ``log w = log p(x, z_K) − log q(z_K|x)`` for ``S`` draws per image
+(:meth:`VAE.log_densities` the two terms apart, for R&M's annealed objective): its mean is the
+ELBO, ``logsumexp − log S`` the importance-weighted bound (Burda et al. 2016).
 """
 
 from __future__ import annotations
@@ -148,17 +149,23 @@ class VAE(nn.Module):
         log_px = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum(1)
         return log_px - 0.5 * (z.pow(2).sum(1) + self.latent * LOG_2PI)
 
-    def log_weights(self, x: Tensor, samples: int = 1, generator=None) -> Tensor:
-        """``log p(x, z) − log q(z|x)`` for ``samples`` reparametrised draws per image:
-        ``(B, samples)``; differentiable."""
+    def log_densities(self, x: Tensor, samples: int = 1, generator=None) -> tuple[Tensor, Tensor]:
+        """``(log p(x, z), log q(z|x))`` at ``samples`` reparametrised draws ``z ~ q(z|x)`` per
+        image: ``(B, samples)`` each; differentiable."""
         b, s = x.shape[0], samples
         mu, log_sigma, rest = (t.repeat_interleave(s, 0) for t in self.encode(x))
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z0 = mu + log_sigma.exp() * eps
         log_q0 = -0.5 * (eps.pow(2) + LOG_2PI).sum(1) - log_sigma.sum(1)
         z, log_det = self.transform(z0, rest)
-        log_w = self.log_joint(x.repeat_interleave(s, 0), z) - (log_q0 - log_det)
-        return log_w.reshape(b, s)
+        log_p = self.log_joint(x.repeat_interleave(s, 0), z)
+        return log_p.reshape(b, s), (log_q0 - log_det).reshape(b, s)
+
+    def log_weights(self, x: Tensor, samples: int = 1, generator=None) -> Tensor:
+        """``log p(x, z) − log q(z|x)`` for ``samples`` reparametrised draws per image:
+        ``(B, samples)``; differentiable."""
+        log_p, log_q = self.log_densities(x, samples, generator)
+        return log_p - log_q
 
 
 def check_posterior(kind: str, length: int, latent: int, iaf_transformer: str = "affine") -> None:
