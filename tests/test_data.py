@@ -22,7 +22,7 @@ from realnvp.data.toy import GENERATORS
 
 def test_dataset_names_cover_the_brief():
     expected = {
-        "digits", "mnist", "fashion-mnist", "cifar10", "imagenet32", "imagenet64", "celeba",
+        "digits", "mnist-5k", "mnist", "fashion-mnist", "cifar10", "imagenet32", "imagenet64", "celeba",
         "lsun-bedroom", "lsun-tower", "lsun-church", "folder", "tabular",
         *(f"toy:{n}" for n in (
             "moons", "8gaussians", "checkerboard", "rings", "circles", "pinwheel", "2spirals",
