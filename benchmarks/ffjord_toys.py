@@ -10,8 +10,9 @@ optimiser and wall-clock. Each reports the test NLL (nats), its gap to the entro
 
 ``--set KEY=VALUE`` changes our run only (e.g. the faster recipe: ``--set lr=3e-3 --set
 toy_train_size=1000000 --set ode_rtol=1e-3 --set ode_atol=1e-3 --set ode_test_rtol=1e-5 --set
-ode_test_atol=1e-5``, training at loose tolerances and scoring at the reference's): use it with
-``--no-zuko``, since zuko's side keeps the reference setting.
+ode_test_atol=1e-5``, training at loose tolerances and scoring at the reference's; with lr 5e-3
+and batch 512 it is ``configs/ffjord-toy.json``): use it with ``--no-zuko``, since zuko's side
+keeps the reference setting.
 """
 
 from __future__ import annotations

@@ -205,6 +205,19 @@ def test_config_keys_reach_the_model():
     assert type(image) is FFJORDImage
 
 
+def test_the_shipped_toy_recipe_trains_loose_and_scores_at_the_reference_tolerances():
+    from realnvp.config import CONFIG_DIR, read_config_file
+
+    cfg = read_config_file(CONFIG_DIR / "ffjord-toy.json").replace(data="toy:2spirals")
+    model = build_model(cfg, DataInfo(cfg.data, "vector", (2,), None))
+    assert type(model) is FFJORD and len(model.bijector) == 1
+    cnf = model.bijector[0]
+    assert (cnf.solver, cnf.trace, cnf.rtol, cnf.atol) == ("dopri5", "exact", 1e-3, 1e-3)
+    model.eval()
+    assert cnf.tolerances() == (1e-5, 1e-5)  # validation, test and samples at the reference's
+    assert (model.config["hidden"], model.config["num_hidden_layers"]) == (64, 3)
+
+
 FFJORD_RUN = ["--quiet", "--device", "cpu", "--data", "toy:moons", "--set", "model=ffjord",
               "--set", "hidden=8", "--set", "num_layers=1", "--set", "num_blocks=1",
               "--set", "batch_size=2048", "--set", "eval_dequant_samples=1", "--set", "num_samples=64",
