@@ -49,6 +49,7 @@ class Config:
     num_layers: int = 2
     weight_norm: bool = True
     bins: int = 8
+    mog_components: int = 0
     spline_bound: float = 5.0
     linear: str = "none"
     ode_solver: str = "dopri5"
@@ -147,6 +148,8 @@ HELP = {
     "weight_norm": "realnvp and nsf-coupling vector models: weight-normalised MLP layers (false: "
                    "plain nn.Linear)",
     "bins": "nsf models: bins of the rational-quadratic splines",
+    "mog_components": "maf, nsf-autoregressive: a MADE MoG base density of this many Gaussians per "
+                      "conditional (the MAF paper's MAF MoG: 10); 0: the standard normal",
     "spline_bound": "nsf models: the splines act on [-B, B] (identity outside)",
     "linear": "nsf-coupling: lu, an LU-parametrised invertible linear map of the features before "
               "every coupling (the NSF code's), or none",
@@ -236,6 +239,7 @@ _RANGES = [
     ("warmup_steps", *_NON_NEGATIVE), ("sample_every", *_NON_NEGATIVE),
     ("num_workers", *_NON_NEGATIVE), ("threads", *_NON_NEGATIVE), ("patience", *_NON_NEGATIVE),
     ("eval_importance_samples", *_NON_NEGATIVE),
+    ("mog_components", *_NON_NEGATIVE),
 ]
 _POSITIVE = ("num_scales", "steps_per_level", "bins", "hidden_channels", "num_blocks",
              "num_couplings", "hidden", "epochs", "batch_size", "eval_batch_size",

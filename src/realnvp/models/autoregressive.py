@@ -26,6 +26,7 @@ from ..bijectors.splines import SplineCoupling
 from ..nets import MLP
 from ..nets.context import Conditioned, ContextSlot
 from .flow import Flow
+from .mog import MADEMoG
 
 PERMUTATIONS = ("reverse", "random")
 #: the linear maps :class:`NSFCoupling` can put before its couplings
@@ -90,25 +91,34 @@ class _AutoregressiveFlow(Flow):
         seed: int = 0,
         validate_args: bool = True,
         context_features: int = 0,
+        mog_components: int = 0,
     ):
         _check_dims(dim, num_layers)
         if transformer not in TRANSFORMERS:
             raise ValueError(f"transformer must be one of {TRANSFORMERS}, got {transformer!r}")
         assert self.direction in DIRECTIONS
+        if isinstance(mog_components, bool) or not isinstance(mog_components, int) or mog_components < 0:
+            raise ValueError(f"mog_components must be an integer >= 0, got {mog_components!r}")
+        if mog_components and self.direction == "iaf":
+            raise ValueError("an IAF samples through its base: a mixture base (mog_components) would "
+                             "take its reparametrised samples away; use MAF")
         slot = ContextSlot(context_features) if context_features else None
+        orders = layer_orders(dim, num_layers + 1, permutation, seed)  # the last: a MoG base's
         layers: list[Bijector] = [
             MaskedAutoregressive(dim, transformer, self.direction, hidden=hidden,
                                  num_layers=num_hidden_layers, residual=residual, order=order,
                                  bins=bins, bound=bound, context=slot)
-            for order in layer_orders(dim, num_layers, permutation, seed)
+            for order in orders[:num_layers]
         ]
+        base = (MADEMoG(dim, mog_components, hidden=hidden, num_layers=num_hidden_layers, residual=residual,
+                        order=orders[-1], context=slot) if mog_components else None)
         super().__init__(_with_batch_norms(layers, dim, batch_norm, bn_momentum), event_shape=(dim,),
-                         validate_args=validate_args, context=slot)
+                         validate_args=validate_args, context=slot, base=base)
         self.config = dict(
             dim=dim, num_layers=num_layers, hidden=hidden, num_hidden_layers=num_hidden_layers,
             residual=residual, transformer=transformer, bins=bins, bound=bound, batch_norm=batch_norm,
             bn_momentum=bn_momentum, permutation=permutation, seed=seed,
-            context_features=context_features,
+            context_features=context_features, mog_components=mog_components,
         )
 
 
@@ -118,12 +128,16 @@ class MAF(_AutoregressiveFlow):
 
     ``MAF(dim, num_layers=5, hidden=128, num_hidden_layers=2, residual=False,
     transformer='affine', bins=8, bound=5.0, batch_norm=False, bn_momentum=0.1,
-    permutation='reverse', seed=0, validate_args=True)``: ``num_layers``
-    :class:`~realnvp.bijectors.MaskedAutoregressive` layers (``direction='maf'``) whose MADEs have
-    ``num_hidden_layers`` hidden layers (or residual blocks, ``residual=True``) of width
-    ``hidden``; ``batch_norm=True`` puts a :class:`~realnvp.bijectors.BatchNorm` between
+    permutation='reverse', seed=0, validate_args=True, context_features=0, mog_components=0)``:
+    ``num_layers`` :class:`~realnvp.bijectors.MaskedAutoregressive` layers (``direction='maf'``)
+    whose MADEs have ``num_hidden_layers`` hidden layers (or residual blocks, ``residual=True``) of
+    width ``hidden``; ``batch_norm=True`` puts a :class:`~realnvp.bijectors.BatchNorm` between
     consecutive layers, as the paper does (§3.4). ``transformer='spline'`` (``bins`` bins on
-    ``[−bound, bound]``) is :class:`NSFAutoregressive`.
+    ``[−bound, bound]``) is :class:`NSFAutoregressive`. ``mog_components=C`` > 0 replaces the
+    ``N(0, I)`` base by a :class:`~realnvp.models.mog.MADEMoG` of ``C`` Gaussians per conditional
+    (the paper's "MAF MoG", C = 10; its MADE is as wide and deep as the layers', in the next
+    order of the permutation): sampling stays D passes per layer plus the base's, and has no
+    reparametrised form (no ``rsample``).
     """
 
     direction = "maf"
@@ -167,9 +181,11 @@ class NSFAutoregressive(_AutoregressiveFlow):
         seed: int = 0,
         validate_args: bool = True,
         context_features: int = 0,
+        mog_components: int = 0,
     ):
         super().__init__(dim, num_layers, hidden, num_hidden_layers, residual, "spline", bins, bound,
-                         batch_norm, bn_momentum, permutation, seed, validate_args, context_features)
+                         batch_norm, bn_momentum, permutation, seed, validate_args, context_features,
+                         mog_components)
         del self.config["transformer"]
 
 

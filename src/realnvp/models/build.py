@@ -64,6 +64,8 @@ def _vector_model(cfg: Config, info: DataInfo) -> Flow:
                            linear=None if cfg.linear == "none" else cfg.linear)
     kwargs = dict(num_layers=cfg.num_couplings, hidden=cfg.hidden, num_hidden_layers=cfg.num_layers,
                   bins=cfg.bins, bound=cfg.spline_bound, batch_norm=cfg.batch_norm, context_features=k)
+    if cfg.mog_components:
+        kwargs["mog_components"] = cfg.mog_components
     return _AUTOREGRESSIVE[cfg.model](info.dim, **kwargs)
 
 
@@ -79,6 +81,9 @@ def build_model(cfg: Config, info: DataInfo) -> Flow:
     if cfg.conditional and (info.kind != "image" or cfg.model not in IMAGE_MODELS):
         raise ConfigError(f"conditional: class-conditional training is available for the image "
                           f"models on labelled data, not for {cfg.model} on {info.name}")
+    if cfg.mog_components and cfg.model not in _AUTOREGRESSIVE:
+        raise ConfigError(f"mog_components: a MADE MoG base is for model maf or nsf-autoregressive, "
+                          f"not {cfg.model}")
     if cfg.conditional and not info.num_classes:
         raise ConfigError(f"conditional: {info.name} has no class labels (labelled: digits)")
     try:

@@ -27,7 +27,7 @@ def standard_normal_log_prob(z: Tensor) -> Tensor:
 
 class Flow(nn.Module):
     """``bijector`` maps data of shape ``(B, *event_shape)`` to a ``(B, D)`` latent with a
-    standard-normal prior.
+    standard-normal prior (or a learned ``base`` density).
 
     Args:
         bijector: data → latent; must return a flat ``(B, D)`` latent.
@@ -39,6 +39,11 @@ class Flow(nn.Module):
             its networks read (see :mod:`realnvp.nets.context`); every method then takes a
             ``(B, k)`` ``context`` (``sample``: ``(n, k)`` or one ``(k,)`` for all ``n``), and
             refuses a call without one. ``None``: unconditional, and a context is refused.
+        base: the latent's density, an ``nn.Module`` with ``log_prob(z) -> (B,)`` and
+            ``sample(n, generator, temperature) -> (n, D)`` (e.g.
+            :class:`~realnvp.models.mog.MADEMoG`, "MAF MoG", whose temperature scales its
+            components' standard deviations); ``None``: ``N(0, I)``. A base whose
+            ``reparametrised`` is false has no :meth:`rsample` / :meth:`rsample_and_log_prob`.
     """
 
     def __init__(
@@ -48,9 +53,11 @@ class Flow(nn.Module):
         support: tuple[float, float] | None = None,
         validate_args: bool = True,
         context: ContextSlot | None = None,
+        base: nn.Module | None = None,
     ):
         super().__init__()
         self.context_slot = context
+        self.base = base
         self.bijector = bijector
         self.event_shape = tuple(event_shape)
         self.support = support
@@ -140,7 +147,18 @@ class Flow(nn.Module):
         """``log p(x)`` (``log p(x | context)``) in nats, shape ``(B,)``: prior log-density of
         the latent plus log-det."""
         z, log_det = self.forward_with_log_det(x, context)
-        return standard_normal_log_prob(z) + log_det
+        return self.base_log_prob(z) + log_det
+
+    def base_log_prob(self, z: Tensor) -> Tensor:
+        """The latent's log-density ``(B, D) -> (B,)`` in nats: ``N(0, I)``'s, or the ``base``'s
+        (a conditional base reads the context of the call in progress)."""
+        return standard_normal_log_prob(z) if self.base is None else self.base.log_prob(z)
+
+    def _check_reparametrised(self) -> None:
+        if self.base is not None and not getattr(self.base, "reparametrised", True):
+            raise NotImplementedError(
+                f"the {type(self.base).__name__} base density has no reparametrised samples (a mixture's "
+                "component choice is discrete): use sample()")
 
     def encode(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Data ``(B, *event_shape)`` to latent ``(B, D)``; the exact inverse of :meth:`decode`
@@ -175,11 +193,14 @@ class Flow(nn.Module):
         return self.bijector.invert(z)
 
     def _prior_draw(self, n: int, temperature: float, generator) -> Tensor:
-        """``(n, D)`` latents from ``N(0, temperature² I)`` in the model's device and dtype."""
+        """``(n, D)`` latents from ``N(0, temperature² I)`` (or the ``base`` at that temperature)
+        in the model's device and dtype."""
         if n < 1:
             raise ValueError(f"number of samples must be >= 1, got {n}")
         if not 0 <= temperature < math.inf:
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        if self.base is not None:
+            return self.base.sample(n, generator, temperature)
         device, dtype = self._reference()
         z = torch.randn(n, self.num_dims, device=device, dtype=dtype, generator=generator)
         return z if temperature == 1.0 else z * temperature
@@ -190,6 +211,11 @@ class Flow(nn.Module):
 
         Uses the module's current mode; see :meth:`sample` for the usual entry point.
         """
+        self._check_reparametrised()
+        return self._draw(n, temperature, generator, context)
+
+    def _draw(self, n: int, temperature: float, generator, context: Tensor | None) -> Tensor:
+        self._condition(context, n, expand=True)  # a conditional base reads it
         return self.decode(self._prior_draw(n, temperature, generator), context)
 
     def rsample_and_log_prob(self, n: int, temperature: float = 1.0, generator=None,
@@ -206,17 +232,19 @@ class Flow(nn.Module):
         one-pass density of its own samples (its :meth:`log_prob` takes D passes). Uses the
         module's current mode, like :meth:`rsample`; differentiable.
         """
-        z = self._prior_draw(n, temperature, generator)
+        self._check_reparametrised()
         self._condition(context, n, expand=True)
+        z = self._prior_draw(n, temperature, generator)
         x, log_det = self.bijector.inverse(z)
-        return x, standard_normal_log_prob(z) - log_det
+        return x, self.base_log_prob(z) - log_det
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator=None,
                context: Tensor | None = None) -> Tensor:
         """``n`` samples ``(n, *event_shape)`` at the given temperature (which multiplies the
-        prior's standard deviation). Always runs in eval mode (running batch-norm averages), so
-        samples never depend on the last training batch; the previous mode is restored."""
+        prior's standard deviation; a mixture base's: its components'). Always runs in eval mode
+        (running batch-norm averages), so samples never depend on the last training batch; the
+        previous mode is restored."""
         # One pass over the modules, and none to restore when the model is already in eval mode.
         # The flag is set as nn.Module.__init__ sets it, past nn.Module.__setattr__, which costs
         # about a microsecond a module: a tenth of the time a small vector flow takes to sample.
@@ -224,7 +252,7 @@ class Flow(nn.Module):
         for m in training:
             object.__setattr__(m, "training", False)
         try:
-            return self.rsample(n, temperature, generator, context)
+            return self._draw(n, temperature, generator, context)
         finally:
             for m in training:
                 object.__setattr__(m, "training", True)
