@@ -63,9 +63,8 @@ def _vector_model(cfg: Config, info: DataInfo) -> Flow:
                            batch_norm=cfg.batch_norm, weight_norm=cfg.weight_norm, context_features=k,
                            linear=None if cfg.linear == "none" else cfg.linear)
     kwargs = dict(num_layers=cfg.num_couplings, hidden=cfg.hidden, num_hidden_layers=cfg.num_layers,
-                  bins=cfg.bins, bound=cfg.spline_bound, batch_norm=cfg.batch_norm, context_features=k)
-    if cfg.mog_components:
-        kwargs["mog_components"] = cfg.mog_components
+                  bins=cfg.bins, bound=cfg.spline_bound, batch_norm=cfg.batch_norm, context_features=k,
+                  mog_components=cfg.mog_components)
     return _AUTOREGRESSIVE[cfg.model](info.dim, **kwargs)
 
 
