@@ -53,14 +53,20 @@ def test_the_onnx_density_equals_the_eager_model_on_test_data(tmp_path, capsys):
 
 
 def test_spline_models_export_and_a_model_the_exporter_cannot_take_is_one_line(tmp_path, capsys):
-    """The spline kernel finds its bins by comparisons (no searchsorted), so NSF exports; FFJORD's
-    solver loop cannot be traced and is refused in one line, writing nothing."""
+    """The spline kernel finds its bins by comparisons (no searchsorted), so NSF exports, and so
+    does a MAF with a mixture base; FFJORD's solver loop cannot be traced and is refused in one
+    line, writing nothing."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     nsf = tmp_path / "nsf"
     assert cli(capsys, "train", "--data", "toy:moons", "--model", "nsf-coupling", "--out", nsf, *STEPS,
                "--quiet", "--set", "num_couplings=2", "--set", "hidden=8")[0] == 0
     code, out, err = cli(capsys, "export", nsf, "--checkpoint", "last", "-o", tmp_path / "nsf.onnx")
+    assert code == 0 and "density path as ONNX" in out, err
+    mog = tmp_path / "maf-mog"  # the MADE MoG base density (MAF MoG) exports too
+    assert cli(capsys, "train", "--data", "toy:moons", "--model", "maf", "--out", mog, *STEPS, "--quiet",
+               "--set", "num_couplings=2", "--set", "hidden=8", "--set", "mog_components=3")[0] == 0
+    code, out, err = cli(capsys, "export", mog, "--checkpoint", "last", "-o", tmp_path / "mog.onnx")
     assert code == 0 and "density path as ONNX" in out, err
     ffjord = tmp_path / "ffjord"
     assert cli(capsys, "train", "--data", "toy:moons", "--model", "ffjord", "--out", ffjord, *STEPS,
