@@ -15,14 +15,7 @@ from torch import Tensor, nn
 from ..bijectors import Bijector, Sequential
 from ..nets import weight_norm_magnitudes
 from ..nets.context import ContextSlot
-
-_LOG_2PI = math.log(2 * math.pi)
-
-
-def standard_normal_log_prob(z: Tensor) -> Tensor:
-    """``log N(z; 0, I)`` summed over the latent: ``(B, D) -> (B,)`` in nats (float32 or more)."""
-    z = z.to(torch.promote_types(z.dtype, torch.float32))
-    return -0.5 * (z.pow(2).sum(dim=1) + z.shape[1] * _LOG_2PI)
+from ..normal import standard_normal_log_prob
 
 
 class Flow(nn.Module):

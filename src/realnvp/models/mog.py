@@ -18,17 +18,15 @@ not reparametrisable (the component choice is discrete): :meth:`sample` carries 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nets.context import ContextSlot
 from ..nets.made import MADE
+from ..normal import normal_log_prob
 
 LOG_SCALE_RANGE = (-7.0, 5.0)
-_LOG_2PI = math.log(2 * math.pi)
 
 
 class MADEMoG(nn.Module):
@@ -67,8 +65,7 @@ class MADEMoG(nn.Module):
     def log_prob(self, u: Tensor) -> Tensor:
         """``log p(u)`` in nats: ``(B, D) -> (B,)``."""
         log_pi, mu, log_sigma = self.parameters_of(u)
-        x = (u.unsqueeze(-1) - mu) * torch.exp(-log_sigma)
-        log_normal = -0.5 * (x * x + _LOG_2PI) - log_sigma
+        log_normal = normal_log_prob(u.unsqueeze(-1), mu, log_sigma)
         return torch.logsumexp(log_pi + log_normal, dim=-1).sum(dim=1)
 
     @torch.no_grad()

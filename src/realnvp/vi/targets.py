@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-_LOG_2PI = math.log(2 * math.pi)
+from ..normal import normal_log_prob
 
 LogTarget = Callable[[Tensor], Tensor]
 
@@ -112,8 +112,7 @@ class Banana(Target):
 
     def forward(self, z: Tensor) -> Tensor:
         z1, z2 = z[:, 0], z[:, 1]
-        lp1 = _gauss(z1, 2.0) - math.log(2.0) - 0.5 * _LOG_2PI
-        return lp1 + _gauss(z2 - self.b * (z1.pow(2) - 4), 1.0) - 0.5 * _LOG_2PI
+        return normal_log_prob(z1, log_std=math.log(2.0)) + normal_log_prob(z2, self.b * (z1.pow(2) - 4))
 
 
 class Funnel(Target):
@@ -131,9 +130,8 @@ class Funnel(Target):
 
     def forward(self, z: Tensor) -> Tensor:
         v, x = z[:, 0], z[:, 1:]
-        lp_v = _gauss(v, self.scale) - math.log(self.scale) - 0.5 * _LOG_2PI
-        k = x.shape[1]
-        return lp_v - 0.5 * (x.pow(2).sum(dim=1) * torch.exp(-v) + k * v + k * _LOG_2PI)
+        lp_v = normal_log_prob(v, log_std=math.log(self.scale))
+        return lp_v + normal_log_prob(x, log_std=0.5 * v.unsqueeze(1)).sum(dim=1)
 
 
 class Mixture(Target):
@@ -149,8 +147,7 @@ class Mixture(Target):
         self.std = std
 
     def forward(self, z: Tensor) -> Tensor:
-        d2 = (z.unsqueeze(1) - self.means.to(z)).pow(2).sum(dim=2)
-        comp = -0.5 * d2 / self.std ** 2 - 2 * math.log(self.std) - _LOG_2PI
+        comp = normal_log_prob(z.unsqueeze(1), self.means.to(z), math.log(self.std)).sum(dim=2)
         return torch.logsumexp(comp, dim=1) - math.log(self.means.shape[0])
 
 
@@ -171,7 +168,7 @@ class Gaussian(Target):
 
     def forward(self, z: Tensor) -> Tensor:
         mean, std = self.mean.to(z), self.std.to(z)
-        return (-0.5 * ((z - mean) / std).pow(2) - std.log() - 0.5 * _LOG_2PI).sum(dim=1) + self.log_z
+        return normal_log_prob(z, mean, std.log()).sum(dim=1) + self.log_z
 
 
 #: The built-in targets by name.

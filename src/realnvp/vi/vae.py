@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import IAF, VectorRealNVP
+from ..normal import normal_log_prob, standard_normal_log_prob
 
 POSTERIORS = ("gaussian", "planar", "radial", "iaf", "realnvp")
 IAF_TRANSFORMERS = ("affine", "gated")
-LOG_2PI = math.log(2 * math.pi)
 
 
 def binarize(levels: Tensor, num_levels: int, generator=None) -> Tensor:
@@ -147,7 +147,7 @@ class VAE(nn.Module):
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         """``log p(x|z) + log p(z)`` for ``x (B, D)`` binary and ``z (B, d)``: ``(B,)``."""
         log_px = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum(1)
-        return log_px - 0.5 * (z.pow(2).sum(1) + self.latent * LOG_2PI)
+        return log_px + standard_normal_log_prob(z)
 
     def log_densities(self, x: Tensor, samples: int = 1, generator=None) -> tuple[Tensor, Tensor]:
         """``(log p(x, z), log q(z|x))`` at ``samples`` reparametrised draws ``z ~ q(z|x)`` per
@@ -156,7 +156,7 @@ class VAE(nn.Module):
         mu, log_sigma, rest = (t.repeat_interleave(s, 0) for t in self.encode(x))
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z0 = mu + log_sigma.exp() * eps
-        log_q0 = -0.5 * (eps.pow(2) + LOG_2PI).sum(1) - log_sigma.sum(1)
+        log_q0 = normal_log_prob(eps).sum(1) - log_sigma.sum(1)  # log N(z0; μ, σ²)
         z, log_det = self.transform(z0, rest)
         log_p = self.log_joint(x.repeat_interleave(s, 0), z)
         return log_p.reshape(b, s), (log_q0 - log_det).reshape(b, s)
