@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import itertools
 import math
 import os
 import platform
@@ -79,9 +80,10 @@ def have(lib: str) -> bool:
 # ---------------------------------------------------------------------------------- the models
 
 
-def build_model(side: str, flow: str, dim: int, hidden: int):
-    """``(module, log_prob, draw)`` for ``side`` in ours / zuko / nflows, ``flow`` in maf / nsf."""
-    torch.manual_seed(0)
+def build_model(side: str, flow: str, dim: int, hidden: int, seed: int = 0):
+    """``(module, log_prob, draw)`` for ``side`` in ours / zuko / nflows, ``flow`` in maf / nsf,
+    initialised from ``seed``."""
+    torch.manual_seed(seed)
     if side == "ours":
         if flow == "maf":
             m = MAF(dim, LAYERS, hidden, 2, transformer="affine", permutation="reverse")
@@ -187,8 +189,9 @@ def speed(sides: list[str], rounds: int, target_s: float) -> None:
 
 def train_for(side: str, flow: str, x_train: torch.Tensor, seconds: float, seed: int = 0):
     """The shared minimal loop: shuffled epochs of batch 256, Adam 3e-3 cosine-decayed by elapsed
-    wall-clock over ``seconds``. Returns the model, its ``log_prob`` and the steps done."""
-    model, log_prob, _ = build_model(side, flow, x_train.shape[1], 64)
+    wall-clock over ``seconds``; ``seed`` sets the initialisation and the batch order. Returns
+    the model, its ``log_prob`` and the steps done."""
+    model, log_prob, _ = build_model(side, flow, x_train.shape[1], 64, seed)
     lr0, bs = 3e-3, 256
     opt = torch.optim.Adam(model.parameters(), lr=lr0, fused=True)
     g = torch.Generator().manual_seed(seed)
@@ -208,33 +211,47 @@ def train_for(side: str, flow: str, x_train: torch.Tensor, seconds: float, seed:
             steps += 1
 
 
-def quality(sides: list[str], toys: list[str], seconds: float) -> None:
+def quality(sides: list[str], toys: list[str], seconds: float, flows: list[str], seeds: list[int]) -> None:
     torch.set_num_threads(1)
     print(f"\n### Quality at equal wall-clock: {seconds:g} s of training each, one thread, D = 2, "
           f"{LAYERS} layers of 2×64\n")
-    print("| toy | entropy | flow | side | params | steps | test NLL ± SE | gap |")
-    print("|---|---|---|---|---|---|---|---|")
-    for k, toy in enumerate(toys):
+    print("| toy | entropy | flow | seed | side | params | steps | test NLL ± SE | gap |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    nlls: dict[tuple[str, str, str], list[float]] = {}
+    for k, (toy, flow, seed) in enumerate(itertools.product(toys, flows, seeds)):
         xtr = torch.as_tensor(sample_toy(toy, 20000, 0, "train"), dtype=torch.float32)
         xte = torch.as_tensor(sample_toy(toy, 5000, 0, "test"), dtype=torch.float32)
         h = ENTROPY_NATS[toy]
-        for flow in ("maf", "nsf"):
-            order = sides[k % len(sides):] + sides[: k % len(sides)]
-            rows = {}
-            for side in order:
-                model, log_prob, steps = train_for(side, flow, xtr, seconds)
-                model.eval()
-                with torch.no_grad():
-                    lp = log_prob(xte).double()
-                ok = torch.isfinite(lp)
-                nll = -lp[ok].mean().item()
-                se = lp[ok].std().item() / math.sqrt(int(ok.sum()))
-                bad = "" if ok.all() else f" ({int((~ok).sum())} non-finite dropped)"
-                n_par = sum(p.numel() for p in model.parameters())
-                rows[side] = (f"| {toy} | {h:.3f} | {flow.upper()} | {side} | {n_par:,} | {steps} | "
-                              f"{nll:.3f} ± {se:.3f}{bad} | {nll - h:+.3f} |")
-            for side in sides:
-                print(rows[side], flush=True)
+        rows = {}
+        for side in sides[k % len(sides):] + sides[: k % len(sides)]:  # the sides' order rotates
+            model, log_prob, steps = train_for(side, flow, xtr, seconds, seed)
+            model.eval()
+            with torch.no_grad():
+                lp = log_prob(xte).double()
+            ok = torch.isfinite(lp)
+            nll = -lp[ok].mean().item()
+            se = lp[ok].std().item() / math.sqrt(int(ok.sum()))
+            bad = "" if ok.all() else f" ({int((~ok).sum())} non-finite dropped)"
+            n_par = sum(p.numel() for p in model.parameters())
+            nlls.setdefault((toy, flow, side), []).append(nll)
+            rows[side] = (f"| {toy} | {h:.3f} | {flow.upper()} | {seed} | {side} | {n_par:,} | {steps} | "
+                          f"{nll:.3f} ± {se:.3f}{bad} | {nll - h:+.3f} |")
+        for side in sides:
+            print(rows[side], flush=True)
+    if len(seeds) > 1:
+        print(f"\n### Over {len(seeds)} seeds: mean test NLL, and the peer's minus ours paired by seed "
+              "(> 0: ours is better), mean ± standard error over seeds\n")
+        print("| toy | flow | " + " | ".join(f"{s} mean" for s in sides) + " | "
+              + " | ".join(f"{p} − ours" for p in sides[1:]) + " |")
+        print("|" + "---|" * (2 + 2 * len(sides) - 1))
+        for toy, flow in itertools.product(toys, flows):
+            ours = nlls[(toy, flow, "ours")]
+            means = " | ".join(f"{statistics.mean(nlls[(toy, flow, s)]):.4f}" for s in sides)
+            diffs = []
+            for peer in sides[1:]:
+                d = [a - b for a, b in zip(nlls[(toy, flow, peer)], ours, strict=True)]
+                diffs.append(f"{statistics.mean(d):+.4f} ± {statistics.stdev(d) / math.sqrt(len(d)):.4f}")
+            print(f"| {toy} | {flow.upper()} | {means} | {' | '.join(diffs)} |")
 
 
 def main(argv=None):
@@ -245,6 +262,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="intra-op threads for the speed tables")
     p.add_argument("--toys", default="moons,checkerboard")
     p.add_argument("--peers", default="zuko,nflows", help="those that do not import are skipped")
+    p.add_argument("--flows", default="maf,nsf", help="the quality runs' flows")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="quality runs per toy and flow, seeds 0..N-1 (initialisation and batch order)")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-quality", action="store_true")
     a = p.parse_args(argv)
@@ -266,7 +286,7 @@ def main(argv=None):
         print(f"\nspeed: {torch.get_num_threads()} intra-op thread(s)")
         speed(sides, a.rounds, a.target)
     if not a.skip_quality:
-        quality(sides, a.toys.split(","), a.seconds)
+        quality(sides, a.toys.split(","), a.seconds, a.flows.split(","), list(range(a.seeds)))
     print(f"\n{time.perf_counter() - t0:.0f} s in all; load average at end {os.getloadavg()[0]:.2f}")
 
 
