@@ -4,6 +4,7 @@ equal architecture.
     python benchmarks/autoregressive_peers.py                       # 30 s per quality run
     python benchmarks/autoregressive_peers.py --seconds 20 --rounds 5
     python benchmarks/autoregressive_peers.py --skip-quality        # speed tables only
+    python benchmarks/autoregressive_peers.py --skip-speed --toys checkerboard --seeds 5
 
 Architectures (the same on every side): 5 autoregressive layers, MADEs with 2 hidden layers
 (width 64 on D = 2, 128 on D = 43; ReLU), the variable order reversed between layers, no batch
@@ -37,8 +38,10 @@ elapsed time, batch 256 (shuffled epochs of the 20000 training points
 ``sample_toy(name, 5000, 0, 'test')``: test NLL ± its standard error, the gap to the generator's
 entropy (:data:`realnvp.data.toy.ENTROPY_NATS`) and the steps done. The training loop is a short
 one shared by every side, not the package's trainer (this is a peer comparison: no validation,
-checkpoint selection or gradient clipping for anyone). The sides alternate within each toy, the
-first side rotating between toys.
+checkpoint selection or gradient clipping for anyone). The sides alternate within each run, the
+first side rotating between runs. ``--seeds N`` repeats every toy and flow (``--flows``) with
+seeds 0..N−1 (initialisation and batch order) and adds a table of each peer's NLL minus ours,
+paired by seed (mean ± standard error over seeds).
 """
 
 from __future__ import annotations
