@@ -160,9 +160,20 @@ def read_fit_spec(run_dir: str | Path) -> dict:
         raise RunError(f"cannot read {path}: {e}") from e
 
 
+def _dimension(given: int | None, target_dim: int | None) -> int:
+    """The features of ``z`` for :func:`fit`: ``given``, else the target's, else 2."""
+    if given is not None:
+        if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+            raise ValueError(f"dim must be an integer >= 1, got {given!r}")
+        if target_dim is not None and given != target_dim:
+            raise ValueError(f"dim={given}, but the target is a density on {target_dim} features")
+        return given
+    return target_dim or 2
+
+
 def fit(cfg: Config, run_dir: str | Path, log_target=None, *, target: str | None = None,
-        flow: str = "planar", length: int = 8, hidden: int = 64, steps_per_epoch: int = 500,
-        anneal_steps: int = 0, particles: int = 1, eval_samples: int = 4096,
+        dim: int | None = None, flow: str = "planar", length: int = 8, hidden: int = 64,
+        steps_per_epoch: int = 500, anneal_steps: int = 0, particles: int = 1, eval_samples: int = 4096,
         eval_particles: int = 64, resume: bool = False, overrides: dict | None = None,
         **seams) -> dict:
     """Fit a posterior (:func:`~realnvp.vi.posteriors.build_posterior` ``flow`` of ``length``
@@ -170,6 +181,10 @@ def fit(cfg: Config, run_dir: str | Path, log_target=None, *, target: str | None
     :class:`~realnvp.training.Trainer`: ``cfg.epochs`` epochs of ``steps_per_epoch`` steps of
     ``cfg.batch_size`` samples, with checkpoints, ``metrics.csv``, pictures of ``q`` beside the
     target, ``eval.json``, and resume. Returns the final evaluation.
+
+    ``dim`` is the number of features of ``z``: by default the target's ``dim`` attribute (the
+    built-in targets have one), else 2, so a plain function of ``(B, D)`` samples with ``D ≠ 2``
+    needs it; a ``dim`` that contradicts the target's is a ``ValueError``.
 
     The run directory also holds ``fit.json`` (these arguments); ``resume=True`` reads it back
     (then only ``log_target``, for a callable target, and ``overrides`` are taken from the
@@ -179,17 +194,17 @@ def fit(cfg: Config, run_dir: str | Path, log_target=None, *, target: str | None
     from ..vi.targets import get_target
     from .trainer import Trainer
 
-    spec = dict(target=target, flow=flow, length=length, hidden=hidden, steps_per_epoch=steps_per_epoch,
-                anneal_steps=anneal_steps, particles=particles, eval_samples=eval_samples,
-                eval_particles=eval_particles)
+    spec = dict(target=target, dim=dim, flow=flow, length=length, hidden=hidden,
+                steps_per_epoch=steps_per_epoch, anneal_steps=anneal_steps, particles=particles,
+                eval_samples=eval_samples, eval_particles=eval_particles)
     if resume:
-        spec = read_fit_spec(run_dir)
+        spec = {"dim": None, **read_fit_spec(run_dir)}  # runs written before dim was a choice
     if log_target is None:
         if spec["target"] is None:
             raise ValueError("give a log_target callable or the name of a built-in target")
         log_target = get_target(spec["target"])
     target_fn = checked(log_target)
-    dim = getattr(target_fn, "dim", None) or 2
+    dim = _dimension(spec["dim"], getattr(target_fn, "dim", None))
     name = f"target:{spec['target'] or getattr(target_fn, 'name', 'callable')}"
     objective = ReverseKL(target_fn, anneal_steps=spec["anneal_steps"], particles=spec["particles"],
                           eval_samples=spec["eval_samples"], eval_particles=spec["eval_particles"])
