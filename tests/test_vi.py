@@ -304,6 +304,35 @@ def test_realnvp_fit_end_to_end_and_resume_equals_an_uninterrupted_run(tmp_path,
     assert json.loads((parts / "eval.json").read_text())["kl"] == pytest.approx(result["kl"], abs=1e-9)
 
 
+def test_realnvp_fit_a_funnel_in_more_dimensions(tmp_path, capsys):
+    """``--dim`` sets the funnel's dimension: the posterior, the recorded run and its samples
+    have it, and the funnel's known normaliser gives KL(q‖p)."""
+    import numpy as np
+
+    run = tmp_path / "funnel"
+    assert TINY[:4] == ("--target", "u1", "--flow", "planar")
+    code, out, err = cli(capsys, "fit", "--target", "funnel", "--dim", "5", "--flow", "iaf", *TINY[4:],
+                         "--out", run)
+    assert code == 0, err
+    assert json.loads((run / "fit.json").read_text())["dim"] == 5
+    result = json.loads((run / "eval.json").read_text())
+    assert result["log_z"] == 0.0 and math.isfinite(result["kl"]) and result["kl"] >= -0.5
+    assert cli(capsys, "sample", run, "-n", "4", "-o", run / "q.npy")[0] == 0
+    assert np.load(run / "q.npy").shape == (4, 5)
+    assert not (run / "samples.png").exists()  # pictures are of 2-D targets only
+    # resuming reads the dimension back
+    code, _, err = cli(capsys, "fit", "--resume", run, "--epochs", "3", "--quiet")
+    assert code == 0, err
+    assert json.loads((run / "eval.json").read_text())["steps"] == 45
+
+
+def test_get_target_dimensions():
+    assert get_target("funnel", 7).dim == 7 and get_target("funnel").dim == 2
+    assert get_target("u1", 2).dim == 2
+    with pytest.raises(TargetError, match="not 3"):
+        get_target("u2", 3)
+
+
 def test_the_run_commands_on_a_fit_run(tmp_path, capsys):
     import numpy as np
 
@@ -324,6 +353,9 @@ def test_the_run_commands_on_a_fit_run(tmp_path, capsys):
     (("--target", "u9"), "invalid choice"),
     (("--flow", "planar"), "choose a --target"),
     (("--target", "u1", "--flow", "iaf", "--particles", "3", "--batch-size", "32"), "multiple of particles"),
+    (("--target", "u1", "--dim", "3"), "a density on 2 features, not 3"),
+    (("--target", "funnel", "--dim", "1"), "needs dim >= 2"),
+    (("--target", "funnel", "--dim", "0"), "--dim"),
 ])
 def test_realnvp_fit_bad_arguments_are_one_line(tmp_path, capsys, argv, message):
     code, out, err = cli(capsys, "fit", *argv, "--out", tmp_path / "run", "--quiet")

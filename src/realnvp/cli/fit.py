@@ -36,7 +36,7 @@ def cmd_fit(args) -> int:
     with run_directory(out, resume) as run_dir:
         args.resume_hint = f"realnvp fit --resume {run_dir}"
         try:
-            result = fit(cfg, run_dir, target=args.target, flow=args.flow, length=args.length,
+            result = fit(cfg, run_dir, target=args.target, dim=args.dim, flow=args.flow, length=args.length,
                          hidden=args.hidden, steps_per_epoch=args.steps_per_epoch,
                          anneal_steps=args.anneal_steps, particles=args.particles,
                          eval_samples=args.eval_samples, eval_particles=args.eval_particles,
@@ -63,6 +63,8 @@ def add_parser(sub) -> None:
     f = sub.add_parser("fit", help="fit a flow to an unnormalised target density (variational inference)")
     f.add_argument("--target", choices=sorted(TARGETS), help="the target: u1-u4 (Rezende & Mohamed), "
                    "banana, funnel, mixture")
+    f.add_argument("--dim", type=positive_int, help="features of the target: the funnel takes any "
+                   "dim >= 2 (default 2); the other targets are 2-D")
     f.add_argument("--flow", choices=POSTERIORS, default="planar", help="the posterior flow (default planar)")
     f.add_argument("--length", type=positive_int, default=8, help="layers of the flow (default 8)")
     f.add_argument("--hidden", type=positive_int, default=64,

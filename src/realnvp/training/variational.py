@@ -184,7 +184,8 @@ def fit(cfg: Config, run_dir: str | Path, log_target=None, *, target: str | None
 
     ``dim`` is the number of features of ``z``: by default the target's ``dim`` attribute (the
     built-in targets have one), else 2, so a plain function of ``(B, D)`` samples with ``D ≠ 2``
-    needs it; a ``dim`` that contradicts the target's is a ``ValueError``.
+    needs it; a ``dim`` that contradicts the target's is a ``ValueError``. For a built-in
+    ``target`` it chooses the funnel's dimension (:func:`~realnvp.vi.targets.get_target`).
 
     The run directory also holds ``fit.json`` (these arguments); ``resume=True`` reads it back
     (then only ``log_target``, for a callable target, and ``overrides`` are taken from the
@@ -202,7 +203,7 @@ def fit(cfg: Config, run_dir: str | Path, log_target=None, *, target: str | None
     if log_target is None:
         if spec["target"] is None:
             raise ValueError("give a log_target callable or the name of a built-in target")
-        log_target = get_target(spec["target"])
+        log_target = get_target(spec["target"], spec["dim"])
     target_fn = checked(log_target)
     dim = _dimension(spec["dim"], getattr(target_fn, "dim", None))
     name = f"target:{spec['target'] or getattr(target_fn, 'name', 'callable')}"

@@ -20,6 +20,7 @@ NaN (``-inf``, zero density, is allowed; ``+inf`` is not), is one clear :class:`
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -177,11 +178,21 @@ TARGETS: dict[str, Callable[[], Target]] = {
 }
 
 
-def get_target(name: str) -> Target:
-    """The built-in target ``name`` (one of :data:`TARGETS`)."""
+def get_target(name: str, dim: int | None = None) -> Target:
+    """The built-in target ``name`` (one of :data:`TARGETS`), on ``dim`` features when given: the
+    funnel takes any ``dim ≥ 2``, the other targets are 2-D (another ``dim`` is a
+    :class:`TargetError`)."""
     if name not in TARGETS:
         raise TargetError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")
-    return TARGETS[name]()
+    if dim is not None and "dim" in inspect.signature(TARGETS[name]).parameters:
+        if dim < 2:
+            raise TargetError(f"the {name} target needs dim >= 2, got {dim}")
+        return TARGETS[name](dim=dim)
+    target = TARGETS[name]()
+    if dim is not None and dim != target.dim:
+        raise TargetError(f"the {name} target is a density on {target.dim} features, not {dim} "
+                          "(the funnel takes any dim >= 2)")
+    return target
 
 
 class checked:  # noqa: N801 - used like a function: checked(log_target)
