@@ -161,9 +161,7 @@ def test_realnvp_vae_run_and_resume_equals_an_uninterrupted_run(tmp_path, capsys
     assert result["iw_samples"] == 20 and result["nll_iw"] <= result["neg_elbo"]
     spec = json.loads((whole / "vae.json").read_text())
     assert spec["posterior"] == "planar" and spec["anneal_steps"] == 40
-    for command in (["info", whole], ["eval", whole], ["sample", whole, "-n", "4"]):
-        code, _, err = cli(capsys, *command)  # the run commands take flows only: one line
-        assert code == 2 and "is a run of realnvp vae" in one_line(err)
+    _the_run_commands_on_a_vae_run(whole, capsys)
 
     code, out, err = cli(capsys, "vae", *TINY_RUN, *annealed, "--out", parts,
                          "--max-steps", "30")  # mid-epoch 2
@@ -174,6 +172,32 @@ def test_realnvp_vae_run_and_resume_equals_an_uninterrupted_run(tmp_path, capsys
     again = json.loads((parts / "eval.json").read_text())
     assert again["nll_iw"] == pytest.approx(result["nll_iw"], abs=1e-9)
     assert again["neg_elbo"] == pytest.approx(result["neg_elbo"], abs=1e-9)
+
+
+def _the_run_commands_on_a_vae_run(run, capsys):
+    """info shows the VAE and its figures; sample decodes prior draws (the decoder's Bernoulli
+    means, reproducible by seed); the commands that need a flow's density refuse in one line."""
+    import numpy as np
+
+    code, out, err = cli(capsys, "info", run)
+    assert code == 0, err
+    assert "VAE with a planar posterior of 2 layers, latent 3" in out and "-log p(x)" in out
+    for name in ("a.npy", "b.npy"):
+        code, out, err = cli(capsys, "sample", run, "-n", "5", "--seed", "3", "-o", run / name)
+        assert code == 0 and "prior draws" in out, err
+    means = np.load(run / "a.npy")
+    assert means.shape == (5, 1, 8, 8) and means.min() >= 0 and means.max() <= 1
+    assert np.array_equal(means, np.load(run / "b.npy"))
+    assert cli(capsys, "sample", run, "-n", "4", "-o", run / "s.png")[0] == 0
+    assert (run / "s.png").stat().st_size > 0
+    code, _, err = cli(capsys, "sample", run, "-n", "4", "--label", "3", "-o", run / "l.png")
+    assert code == 2 and "unconditional" in one_line(err) and not (run / "l.png").exists()
+    for command in (["eval", run], ["score", run, run / "a.npy"], ["interpolate", run, "-o", run / "i.png"],
+                    ["latents", run, "-o", run / "l.png"], ["export", run, "-o", run / "m.onnx"],
+                    ["export", run, "-o", run / "exported"]):
+        code, _, err = cli(capsys, *command)
+        assert code == 2 and "is a run of realnvp vae" in one_line(err), command
+    assert not any((run / name).exists() for name in ("i.png", "l.png", "m.onnx", "exported"))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -68,12 +68,20 @@ def is_fit_run(path: Path) -> bool:
     return (path / FIT_FILE).is_file()
 
 
+def is_vae_run(path: Path) -> bool:
+    """Whether ``path`` is a run of ``realnvp vae`` (a VAE, not a flow)."""
+    from .training.vae import VAE_FILE
+
+    return (path / VAE_FILE).is_file()
+
+
 def run_model(path: Path, cfg: Config, info: DataInfo) -> torch.nn.Module:
-    """The (untrained) model of a run: the posterior of a ``realnvp fit`` run, the configuration's
-    flow otherwise; a ``realnvp vae`` run is refused (the run commands take flows only)."""
-    if (path / "vae.json").is_file():
-        raise RunError(f"{path} is a run of realnvp vae: the run commands do not take VAE runs yet; "
-                       "its test -ELBO and importance-weighted -log p(x) are in eval.json")
+    """The (untrained) model of a run: the posterior of a ``realnvp fit`` run, the VAE of a
+    ``realnvp vae`` run, the configuration's flow otherwise."""
+    if is_vae_run(path):
+        from .training.vae import read_spec, vae_from_spec
+
+        return vae_from_spec(read_spec(path), info)
     if is_fit_run(path):
         from .training.variational import posterior_from_spec, read_fit_spec
 
@@ -114,7 +122,7 @@ def load_run(path: str | Path, which: str = "best", device: str | torch.device =
     model = run_model(path, cfg, info)
     prefix = "ema." if use_ema and any(k.startswith("ema.") for k in tensors) else "model."
     load_state(model, tensors, prefix, source)
-    dequantizer = None if is_fit_run(path) else build_dequantizer(cfg, info)
+    dequantizer = None if is_fit_run(path) or is_vae_run(path) else build_dequantizer(cfg, info)
     if dequantizer is not None:
         load_state(dequantizer, tensors, "objective.dequantizer.", source)
         dequantizer = dequantizer.to(device).eval()

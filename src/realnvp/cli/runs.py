@@ -48,11 +48,15 @@ def _floats(text: str) -> list[float]:
 
 
 def _needs_data(run, command: str) -> None:
-    from ..runs import is_fit_run
+    from ..runs import is_fit_run, is_vae_run
 
     if is_fit_run(run.path):
         raise UsageError(f"{run.path} is a run of realnvp fit: it has no data for {command}; its "
                          "bounds are in eval.json (realnvp info shows them), realnvp sample draws from q")
+    if is_vae_run(run.path):
+        raise UsageError(f"{run.path} is a run of realnvp vae: {command} takes flows; its test -ELBO "
+                         "and importance-weighted -log p(x) are in eval.json (realnvp info shows "
+                         "them), realnvp sample decodes draws from the prior")
 
 
 def _unconditional(run, command: str) -> None:
@@ -86,7 +90,7 @@ def cmd_eval(args) -> int:
 
 def cmd_sample(args) -> int:
     from ..inputs import class_context, column_context, to_levels, to_pixels
-    from ..runs import is_fit_run
+    from ..runs import is_fit_run, is_vae_run
     from ..viz import image_grid, samples_and_density, save, scatter_plot
 
     if args.n < 1:
@@ -104,6 +108,8 @@ def cmd_sample(args) -> int:
         raise UsageError(f"a picture of {args.n:,} samples is too large; at most {SAMPLE_BATCH} "
                          "(or write .npy / .csv)")
     run = _load(args)
+    if is_vae_run(run.path):
+        return _sample_vae(args, run, out)
     device = next(run.model.parameters()).device
     try:
         contexts = [column_context(args.context, run.info, m, device) if run.info.context_features
@@ -119,16 +125,9 @@ def cmd_sample(args) -> int:
                    for i, c in zip(range(0, args.n, SAMPLE_BATCH), contexts, strict=True)])
     info = run.info
     if suffix in (".npy", ".csv"):
-        import numpy as np
-
         # images as the data's levels 0…K−1 (score reads them back), vectors in the data's units
         arr = to_levels(x, info).numpy() if info.kind == "image" else _unstandardise(x, info)
-        with atomic.replacing(out) as tmp:
-            if suffix == ".npy":
-                with open(tmp, "wb") as f:
-                    np.save(f, arr)
-            else:
-                np.savetxt(tmp, arr.reshape(arr.shape[0], -1), delimiter=",", fmt="%.6g")
+        _write_array(out, arr)
     elif info.kind == "image":
         save(image_grid(to_pixels(x, info)), out)
     elif info.dim == 2 and is_fit_run(run.path):  # q has no density direction to draw
@@ -140,6 +139,40 @@ def cmd_sample(args) -> int:
     else:
         raise UsageError(f"{info.dim}-dimensional samples cannot be drawn; use -o FILE.csv or .npy")
     print(f"wrote {args.n} samples at temperature {args.temperature} to {out}")
+    return 0
+
+
+def _write_array(out: Path, arr) -> None:
+    """``arr`` (one row per sample) to ``out``, .npy or .csv (flattened rows), atomically."""
+    import numpy as np
+
+    with atomic.replacing(out) as tmp:
+        if out.suffix.lower() == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+        else:
+            np.savetxt(tmp, arr.reshape(arr.shape[0], -1), delimiter=",", fmt="%.6g")
+
+
+def _sample_vae(args, run, out: Path) -> int:
+    """``realnvp sample`` of a VAE run: the decoder's Bernoulli means of prior draws, as a grid of
+    grey images (.png) or as probabilities in [0, 1] of shape ``(n, C, H, W)`` (.npy, .csv)."""
+    from ..viz import image_grid, save
+
+    if args.label is not None or args.context is not None:
+        raise UsageError(f"{run.path} is a run of realnvp vae: its model is unconditional "
+                         "(no --label or --context)")
+    device = next(run.model.parameters()).device
+    g = torch.Generator(device).manual_seed(args.seed)
+    with torch.no_grad():
+        means = torch.cat([run.model.sample(min(SAMPLE_BATCH, args.n - i), args.temperature,
+                                            generator=g).cpu()
+                           for i in range(0, args.n, SAMPLE_BATCH)]).reshape(args.n, *run.info.shape)
+    if out.suffix.lower() == ".png":
+        save(image_grid((means * 255).round().to(torch.uint8)), out)
+    else:
+        _write_array(out, means.numpy())
+    print(f"wrote the decoder's means of {args.n} prior draws at temperature {args.temperature} to {out}")
     return 0
 
 
@@ -285,7 +318,7 @@ def cmd_score(args) -> int:
 
 def cmd_info(args) -> int:
     from .. import checkpoint
-    from ..runs import is_fit_run, read_run_files, run_model
+    from ..runs import is_fit_run, is_vae_run, read_run_files, run_model
     from ..training import State
 
     path, cfg, info = read_run_files(args.run)
@@ -315,6 +348,11 @@ def cmd_info(args) -> int:
     print(f"run          {path}")
     print(f"data         {info.name} {tuple(info.shape)}, K={info.num_levels}")
     kind = "fitted posterior" if is_fit_run(path) else cfg.model
+    if is_vae_run(path):
+        spec = model.config
+        kind = (f"VAE with a {spec['posterior']} posterior"
+                + (f" of {spec['length']} layers" if spec["posterior"] != "gaussian" else "")
+                + f", latent {spec['latent']}, hidden {spec['hidden']}")
     print(f"model        {kind} ({type(model).__name__}), {n_params:,} parameters")
     print(f"epochs       {summary['epochs_completed']} of {cfg.epochs} ({summary['steps']} steps)")
     best = summary["best_selection_score"]
@@ -324,6 +362,10 @@ def cmd_info(args) -> int:
         from ..training.variational import summary as fit_summary
 
         print(f"final eval   {fit_summary(result)}")
+    elif result and is_vae_run(path):
+        from ..training.vae import summary as vae_summary
+
+        print(f"final eval   {vae_summary(result)}")
     elif result:
         print_eval(result, prefix="final eval  ")
     if "error" in state:
@@ -350,15 +392,15 @@ def cmd_export(args) -> int:
 
     out = Path(args.output)
     onnx = out.suffix.lower() == ".onnx"
-    if onnx:
-        writable_file(args.output)
-    elif out.exists() and not out.is_dir():
+    if not onnx and out.exists() and not out.is_dir():
         raise UsageError(f"-o {out} is a file; give a folder for density.pt2 and sample.pt2 "
                          "(or FILE.onnx for ONNX)")
+    run = _load(args)
+    _needs_data(run, "export")  # before the output folder is made: a refusal leaves nothing
+    if onnx:
+        writable_file(args.output)
     else:
         writable_dir(out)
-    run = _load(args)
-    _needs_data(run, "export")
     inputs = _export_inputs(args, run)
     if onnx:
         diff = export_onnx(run.model, inputs, out, run.info.num_levels)["max_abs_difference"]

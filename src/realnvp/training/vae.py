@@ -137,6 +137,13 @@ def read_spec(run_dir: str | Path) -> dict:
     return {"iaf_transformer": "affine", "anneal_steps": 0, **spec}
 
 
+def vae_from_spec(spec: dict, info: DataInfo) -> VAE:
+    """The (untrained) VAE that a run's ``vae.json`` (:func:`read_spec`) describes, on ``info``'s
+    images."""
+    return VAE(math.prod(info.shape), spec["latent"], spec["posterior"], spec["length"],
+               spec["hidden"], spec["flow_hidden"], spec["iaf_transformer"])
+
+
 def check_image_data(data: TrainingData) -> None:
     info = data.info
     if info.kind != "image" or not info.num_levels:
@@ -174,8 +181,7 @@ def train_vae(cfg: Config, run_dir: str | Path, *, posterior: str = "gaussian", 
     objective = NegativeELBO(iw_samples=spec["iw_samples"], anneal_steps=spec["anneal_steps"])
 
     def model(cfg_: Config, info: DataInfo) -> VAE:
-        return VAE(math.prod(info.shape), spec["latent"], spec["posterior"], spec["length"],
-                   spec["hidden"], spec["flow_hidden"], spec["iaf_transformer"])
+        return vae_from_spec(spec, info)
 
     class _VAETrainer(Trainer):
         def setup(self):

@@ -144,6 +144,13 @@ class VAE(nn.Module):
             return z, log_det + ld
         return z0, log_det
 
+    def sample(self, n: int, temperature: float = 1.0, generator=None) -> Tensor:
+        """``(n, D)`` Bernoulli means ``sigmoid(decoder(z))`` of ``z ~ N(0, T²·I)``, the prior at
+        temperature ``T``: the decoder's expected image (what VAE papers picture) for each draw."""
+        p = next(self.parameters())
+        z = torch.randn(n, self.latent, generator=generator, device=p.device, dtype=p.dtype)
+        return torch.sigmoid(self.decoder(temperature * z))
+
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         """``log p(x|z) + log p(z)`` for ``x (B, D)`` binary and ``z (B, d)``: ``(B,)``."""
         log_px = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum(1)
