@@ -184,7 +184,7 @@ def _the_run_commands_on_a_vae_run(run, capsys):
     assert "VAE with a planar posterior of 2 layers, latent 3" in out and "-log p(x)" in out
     for name in ("a.npy", "b.npy"):
         code, out, err = cli(capsys, "sample", run, "-n", "5", "--seed", "3", "-o", run / name)
-        assert code == 0 and "prior draws" in out, err
+        assert code == 0 and "prior draws at temperature 1.0" in out, err
     means = np.load(run / "a.npy")
     assert means.shape == (5, 1, 8, 8) and means.min() >= 0 and means.max() <= 1
     assert np.array_equal(means, np.load(run / "b.npy"))

@@ -98,7 +98,7 @@ def cmd_sample(args) -> int:
     if args.n > MAX_SAMPLES:
         raise UsageError(f"-n {args.n} is more than {MAX_SAMPLES:,} samples in one file; "
                          "run sample several times with different --seed")
-    if not 0 <= args.temperature < float("inf"):
+    if args.temperature is not None and not 0 <= args.temperature < float("inf"):
         raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     out = writable_file(args.output)
     suffix = out.suffix.lower()
@@ -109,7 +109,9 @@ def cmd_sample(args) -> int:
                          "(or write .npy / .csv)")
     run = _load(args)
     if is_vae_run(run.path):
+        args.temperature = 1.0 if args.temperature is None else args.temperature
         return _sample_vae(args, run, out)
+    args.temperature = 0.7 if args.temperature is None else args.temperature
     device = next(run.model.parameters()).device
     try:
         contexts = [column_context(args.context, run.info, m, device) if run.info.context_features
@@ -440,7 +442,9 @@ def add_parsers(sub) -> None:
     run_args(s, "last")
     s.add_argument("-n", type=int, default=64,
                    help=f"number of samples (at most {MAX_SAMPLES:,}; drawn {SAMPLE_BATCH} at a time)")
-    s.add_argument("--temperature", type=float, default=0.7)
+    s.add_argument("--temperature", type=float, default=None,
+                   help="scale of the base (a VAE's prior) draws: default 0.7 for flows, Glow's "
+                        "choice for its pictures; 1 for VAE runs")
     s.add_argument("--label", type=int, default=None,
                    help="class of every sample (class-conditional runs; default: the classes in turn)")
     s.add_argument("--context", type=_floats, default=None, metavar="V1,V2,...",
