@@ -154,6 +154,31 @@ def test_test_tolerances_rule_eval_mode_only():
         CNF(_dynamics(2), test_rtol=0.0)
 
 
+def test_a_fixed_grid_training_solve_and_an_adaptive_test_solve():
+    """RNODE's recipe through the reference code's ``--step_size``/``--test_solver``: training
+    steps rk4 on a grid of ``1 / step_size`` steps (4 evaluations each), eval mode solves with the
+    test solver at the test tolerances, as a CNF built with them would."""
+    grid = CNF(_dynamics(2), t1=0.5, solver="rk4", step_size=0.25, test_solver="dopri5",
+               test_rtol=1e-7, test_atol=1e-8)
+    plain_grid = CNF(_dynamics(2), t1=0.5, solver="rk4", step_size=0.25)
+    tight = CNF(_dynamics(2), t1=0.5, rtol=1e-7, atol=1e-8)
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    z_train, ld_train = grid(x)
+    assert grid.nfe == 16 and grid.solver_now() == "rk4"
+    torch.testing.assert_close((z_train, ld_train), plain_grid(x), rtol=0, atol=0)
+    grid.eval(), tight.eval(), plain_grid.eval()
+    assert grid.solver_now() == "dopri5"
+    z_eval, ld_eval = grid(x)
+    torch.testing.assert_close((z_eval, ld_eval), tight(x), rtol=0, atol=0)
+    assert grid.nfe == tight.nfe != 16
+    assert (z_eval - plain_grid(x)[0]).abs().max() > 1e-7  # four rk4 steps are not the exact map
+    assert plain_grid.nfe == 16  # without a test solver, eval mode keeps the grid
+    with pytest.raises(ValueError, match="test_solver must be one of"):
+        CNF(_dynamics(2), test_solver="rk5")
+    with pytest.raises(ValueError, match=r"step_size must be in \(0, 1\]"):
+        CNF(_dynamics(2), solver="rk4", step_size=0.0)
+
+
 def test_a_cnf_in_a_sequential_with_a_coupling():
     torch.set_default_dtype(torch.float64)
     try:
@@ -196,10 +221,11 @@ def test_config_keys_reach_the_model():
     cnf = model.bijector[1]
     assert (cnf.solver, cnf.rtol, cnf.atol, cnf.adjoint, cnf.trace, cnf.kinetic_energy, cnf.max_nfe) == \
         ("rk4", 1e-4, 1e-6, True, "hutchinson", 0.01, 50)
-    assert (cnf.test_rtol, cnf.test_atol) == (None, None)  # 0: the training tolerances
-    cnf = build_model(cfg.replace(ode_test_rtol=1e-6, ode_test_atol=1e-7),
+    assert (cnf.test_rtol, cnf.test_atol, cnf.test_solver, cnf.step_size) == (None, None, None, 0.05)
+    cnf = build_model(cfg.replace(ode_test_rtol=1e-6, ode_test_atol=1e-7, ode_test_solver="dopri5",
+                                  ode_step_size=0.25),
                       DataInfo("toy:moons", "vector", (2,), None)).bijector[0]
-    assert (cnf.test_rtol, cnf.test_atol) == (1e-6, 1e-7)
+    assert (cnf.test_rtol, cnf.test_atol, cnf.test_solver, cnf.step_size) == (1e-6, 1e-7, "dopri5", 0.25)
     image = build_model(Config(model="ffjord", hidden_channels=4, num_layers=1, num_blocks=1),
                         DataInfo("digits", "image", (1, 8, 8), 17))
     assert type(image) is FFJORDImage

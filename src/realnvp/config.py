@@ -57,6 +57,8 @@ class Config:
     ode_atol: float = 1e-5
     ode_test_rtol: float = 0.0
     ode_test_atol: float = 0.0
+    ode_test_solver: str = ""
+    ode_step_size: float = 0.05
     ode_adjoint: bool = False
     trace_estimator: str = "auto"
     kinetic_energy: float = 0.0
@@ -153,13 +155,17 @@ HELP = {
     "spline_bound": "nsf models: the splines act on [-B, B] (identity outside)",
     "linear": "nsf-coupling: lu, an LU-parametrised invertible linear map of the features before "
               "every coupling (the NSF code's), or none",
-    "ode_solver": "ffjord: torchdiffeq's solver (dopri5, the reference code's; fixed-grid ones step 0.05)",
+    "ode_solver": "ffjord: torchdiffeq's solver (dopri5, the reference code's; or a fixed-grid one, rk4 ...)",
     "ode_rtol": "ffjord: the solver's relative tolerance (the reference code's 1e-5)",
     "ode_atol": "ffjord: the solver's absolute tolerance (the reference code's 1e-5)",
     "ode_test_rtol": "ffjord: the relative tolerance in evaluation, sampling and validation (the reference "
                      "code's --test_rtol; 0: ode_rtol)",
     "ode_test_atol": "ffjord: the absolute tolerance in evaluation, sampling and validation (the reference "
                      "code's --test_atol; 0: ode_atol)",
+    "ode_test_solver": "ffjord: the solver in evaluation, sampling and validation (the reference code's "
+                       "--test_solver; empty: ode_solver)",
+    "ode_step_size": "ffjord: the fixed-grid solvers' step, a fraction of the integration time (the "
+                     "reference code's --step_size; 0.25: four steps)",
     "ode_adjoint": "ffjord: back-propagate with the adjoint method (constant memory, slower)",
     "trace_estimator": "ffjord: exact, hutchinson (Rademacher noise) or auto (exact for D <= 8, "
                        "and in evaluation for D <= 32)",
@@ -216,6 +222,7 @@ ODE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler
 _CHOICES = {"model": MODELS, "coupling": ("affine", "additive"),
             "factor_out": ("checkerboard", "channels"), "lr_schedule": ("constant", "cosine"),
             "precision": PRECISIONS, "device": DEVICES, "ode_solver": ODE_SOLVERS,
+            "ode_test_solver": ("",) + ODE_SOLVERS,
             "trace_estimator": ("auto", "exact", "hutchinson"),
             "dequantization": DEQUANTIZATIONS, "linear": ("none", "lu")}
 _FINITE_POSITIVE = (lambda v: 0 < v < math.inf, "a finite number > 0")
@@ -227,6 +234,7 @@ _RANGES = [
     ("ode_rtol", *_FINITE_POSITIVE), ("ode_atol", *_FINITE_POSITIVE),
     ("ode_test_rtol", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("ode_test_atol", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    ("ode_step_size", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("kinetic_energy", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("jacobian_norm", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("l2", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
@@ -277,7 +285,8 @@ def _coerce(cfg: Config) -> Config:
     cfg.context_columns = list(columns)
     for key, allowed in _CHOICES.items():
         if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
+            names = ", ".join(a or '""' for a in allowed)
+            raise ConfigError(f"{key} must be one of {names}, got {getattr(cfg, key)!r}")
     for key in _POSITIVE:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")

@@ -90,7 +90,7 @@ class _Augmented(nn.Module):
             rtol, atol = cnf.tolerances()
             raise ODESolverError(
                 f"CNF max_nfe guard: the ODE solve needed more than max_nfe={cnf.max_nfe} function "
-                f"evaluations ({cnf.solver}, rtol={rtol:g}, atol={atol:g}) - the dynamics are "
+                f"evaluations ({cnf.solver_now()}, rtol={rtol:g}, atol={atol:g}) - the dynamics are "
                 "stiff or diverging; lower the learning rate, regularise the dynamics (kinetic_energy, "
                 "jacobian_norm), loosen the tolerances or raise max_nfe")
         create_graph = torch.is_grad_enabled()
@@ -131,11 +131,14 @@ class CNF(Bijector):
             parametrised as ``sqrt(t1)²``).
         solver, rtol, atol: torchdiffeq's ``method`` and tolerances; the defaults are FFJORD's
             (``dopri5``, 1e-5 and 1e-5; its tabular runs use ``atol=1e-8, rtol=1e-6``).
-            ``solver_options`` go to torchdiffeq (fixed-grid solvers get ``step_size=0.05``
-            unless given).
-        test_rtol, test_atol: the tolerances in eval mode (validation, test, sampling), the
-            reference code's ``--test_rtol``/``--test_atol``; ``None``: ``rtol``/``atol``. A flow
-            trained at loose tolerances is then scored at tight ones.
+            ``solver_options`` go to torchdiffeq.
+        step_size: the fixed-grid solvers' step in the rescaled time ``s = t / t1 ∈ [0, 1]``
+            (the reference code's ``--step_size``; 0.25: four steps per solve).
+        test_solver, test_rtol, test_atol: the solver and tolerances in eval mode (validation,
+            test, sampling), the reference code's ``--test_solver``/``--test_rtol``/
+            ``--test_atol``; ``None``: ``solver``/``rtol``/``atol``. A flow trained at loose
+            tolerances, or on a fixed grid (RNODE's recipe), is then scored by an adaptive solve
+            at tight ones.
         adjoint: back-propagate with the adjoint method (``odeint_adjoint``: memory constant in
             the number of steps, usually slower) instead of through the solver's operations.
         trace: ``"exact"``, ``"hutchinson"`` or ``"auto"``: exact when ``D ≤ exact_max_dim``,
@@ -166,7 +169,7 @@ class CNF(Bijector):
                  kinetic_energy: float = 0.0, jacobian_norm: float = 0.0, max_nfe: int = 10_000,
                  error_norm: str = "max", solver_options: dict | None = None,
                  context: ContextSlot | None = None, test_rtol: float | None = None,
-                 test_atol: float | None = None):
+                 test_atol: float | None = None, test_solver: str | None = None, step_size: float = 0.05):
         super().__init__()
         if not 0 < t1 < math.inf:
             raise ValueError(f"t1 must be a finite number > 0, got {t1}")
@@ -186,8 +189,12 @@ class CNF(Bijector):
             raise ValueError("the regularisation weights must be >= 0")
         from torchdiffeq._impl.odeint import SOLVERS
 
-        if solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {', '.join(sorted(SOLVERS))}, got {solver!r}")
+        for name, value in (("solver", solver), ("test_solver", test_solver)):
+            if value is not None and value not in SOLVERS:
+                raise ValueError(f"{name} must be one of {', '.join(sorted(SOLVERS))}, got {value!r}")
+        if not 0 < step_size <= 1:
+            raise ValueError(f"step_size must be in (0, 1] (a fraction of the integration time), "
+                             f"got {step_size}")
         self.dynamics = dynamics
         self.context_slot = context
         root = torch.tensor(float(t1)).sqrt()
@@ -196,6 +203,7 @@ class CNF(Bijector):
         else:
             self.register_buffer("sqrt_end_time", root)
         self.solver, self.rtol, self.atol, self.adjoint = solver, float(rtol), float(atol), adjoint
+        self.test_solver, self.step_size = test_solver, float(step_size)
         self.test_rtol = float(test_rtol) if test_rtol is not None else None
         self.test_atol = float(test_atol) if test_atol is not None else None
         self.trace, self.noise = trace, noise
@@ -204,8 +212,6 @@ class CNF(Bijector):
         self.max_nfe = int(max_nfe)
         self.error_norm = error_norm
         self.solver_options = dict(solver_options or {})
-        if solver in FIXED_GRID_SOLVERS:
-            self.solver_options.setdefault("step_size", 0.05)
         #: function evaluations of the last solve (either direction)
         self.nfe = 0
         self.regularization: Tensor | None = None
@@ -222,6 +228,10 @@ class CNF(Bijector):
             return self.rtol, self.atol
         return (self.rtol if self.test_rtol is None else self.test_rtol,
                 self.atol if self.test_atol is None else self.test_atol)
+
+    def solver_now(self) -> str:
+        """The solver of a solve now: the test one in eval mode (when given)."""
+        return self.solver if self.training or self.test_solver is None else self.test_solver
 
     def trace_mode(self, dim: int) -> str:
         """``"exact"`` or ``"hutchinson"``: what a solve on ``dim`` features would use now."""
@@ -255,13 +265,18 @@ class CNF(Bijector):
         # the regularisers are not under error control (as in FFJORD's reference code)
         options = dict(self.solver_options)
         rtol, atol = tolerances = self.tolerances()
-        if self.error_norm == "max" and self.solver not in FIXED_GRID_SOLVERS:
+        method = self.solver_now()
+        if method in FIXED_GRID_SOLVERS:
+            options.setdefault("step_size", self.step_size)
+        else:
+            options.pop("step_size", None)
+        if self.error_norm == "max" and method not in FIXED_GRID_SOLVERS:
             options.setdefault("norm", _max_norm)
         elif len(state) > 2:
             rtol = (rtol, rtol) + (1e20,) * (len(state) - 2)
             atol = (atol, atol) + (1e20,) * (len(state) - 2)
         s = torch.tensor([1.0, 0.0] if reverse else [0.0, 1.0], dtype=x.dtype, device=x.device)
-        kwargs = dict(rtol=rtol, atol=atol, method=self.solver, options=options)
+        kwargs = dict(rtol=rtol, atol=atol, method=method, options=options)
         try:
             if self.adjoint and torch.is_grad_enabled():
                 out = odeint_adjoint(func, state, s, adjoint_params=tuple(self.parameters()),
@@ -295,6 +310,10 @@ class CNF(Bijector):
     def extra_repr(self) -> str:
         test = "" if self.test_rtol is None and self.test_atol is None else \
             f", test_rtol={self.test_rtol}, test_atol={self.test_atol}"
+        if self.solver in FIXED_GRID_SOLVERS:
+            test = f", step_size={self.step_size:g}" + test
+        if self.test_solver is not None:
+            test += f", test_solver={self.test_solver}"
         return (f"t1={float(self.end_time.detach()):.4g}, solver={self.solver}, rtol={self.rtol:g}, "
                 f"atol={self.atol:g}{test}, trace={self.trace}, noise={self.noise}, adjoint={self.adjoint}")
 

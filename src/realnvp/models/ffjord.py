@@ -27,10 +27,11 @@ class _CNFModel:
 
 
 def _cnf_kwargs(t1, train_t1, solver, rtol, atol, adjoint, trace, noise, kinetic_energy, jacobian_norm,
-                max_nfe, test_rtol, test_atol) -> dict:
+                max_nfe, test_rtol, test_atol, test_solver, step_size) -> dict:
     return dict(t1=t1, train_t1=train_t1, solver=solver, rtol=rtol, atol=atol, adjoint=adjoint,
                 trace=trace, noise=noise, kinetic_energy=kinetic_energy, jacobian_norm=jacobian_norm,
-                max_nfe=max_nfe, test_rtol=test_rtol, test_atol=test_atol)
+                max_nfe=max_nfe, test_rtol=test_rtol, test_atol=test_atol, test_solver=test_solver,
+                step_size=step_size)
 
 
 class FFJORD(_CNFModel, Flow):
@@ -51,11 +52,12 @@ class FFJORD(_CNFModel, Flow):
                  rtol: float = 1e-5, atol: float = 1e-5, adjoint: bool = False, trace: str = "auto",
                  noise: str = "rademacher", kinetic_energy: float = 0.0, jacobian_norm: float = 0.0,
                  max_nfe: int = 10_000, validate_args: bool = True, context_features: int = 0,
-                 test_rtol: float | None = None, test_atol: float | None = None):
+                 test_rtol: float | None = None, test_atol: float | None = None,
+                 test_solver: str | None = None, step_size: float = 0.05):
         if dim < 1 or hidden < 1 or num_hidden_layers < 0 or num_blocks < 1:
             raise ValueError("dim, hidden and num_blocks must be >= 1 and num_hidden_layers >= 0")
         kw = _cnf_kwargs(t1, train_t1, solver, rtol, atol, adjoint, trace, noise, kinetic_energy,
-                         jacobian_norm, max_nfe, test_rtol, test_atol)
+                         jacobian_norm, max_nfe, test_rtol, test_atol, test_solver, step_size)
         slot = ContextSlot(context_features) if context_features else None
         blocks = [CNF(ConcatSquashMLP(dim, hidden, num_hidden_layers, activation, context_features),
                       context=slot, **kw) for _ in range(num_blocks)]
@@ -92,7 +94,8 @@ class FFJORDImage(_CNFModel, Flow):
                  rtol: float = 1e-5, atol: float = 1e-5, adjoint: bool = False, trace: str = "hutchinson",
                  noise: str = "rademacher", kinetic_energy: float = 0.0, jacobian_norm: float = 0.0,
                  max_nfe: int = 10_000, validate_args: bool = True, context_features: int = 0,
-                 test_rtol: float | None = None, test_atol: float | None = None):
+                 test_rtol: float | None = None, test_atol: float | None = None,
+                 test_solver: str | None = None, step_size: float = 0.05):
         c, h, w = in_shape
         possible = 0
         hh, ww = h, w
@@ -105,7 +108,7 @@ class FFJORDImage(_CNFModel, Flow):
         if num_scales > 1 and (h % 2 ** (num_scales - 1) or w % 2 ** (num_scales - 1)):
             raise ValueError(f"{h}x{w} images cannot be squeezed {num_scales - 1} times")
         kw = _cnf_kwargs(t1, train_t1, solver, rtol, atol, adjoint, trace, noise, kinetic_energy,
-                         jacobian_norm, max_nfe, test_rtol, test_atol)
+                         jacobian_norm, max_nfe, test_rtol, test_atol, test_solver, step_size)
 
         slot = ContextSlot(context_features) if context_features else None
 
