@@ -222,10 +222,12 @@ def test_config_keys_reach_the_model():
     assert (cnf.solver, cnf.rtol, cnf.atol, cnf.adjoint, cnf.trace, cnf.kinetic_energy, cnf.max_nfe) == \
         ("rk4", 1e-4, 1e-6, True, "hutchinson", 0.01, 50)
     assert (cnf.test_rtol, cnf.test_atol, cnf.test_solver, cnf.step_size) == (None, None, None, 0.05)
+    assert cnf.end_time.item() == pytest.approx(0.5) and isinstance(cnf.sqrt_end_time, torch.nn.Parameter)
     cnf = build_model(cfg.replace(ode_test_rtol=1e-6, ode_test_atol=1e-7, ode_test_solver="dopri5",
-                                  ode_step_size=0.25),
+                                  ode_step_size=0.25, ode_t1=1.0, ode_train_t1=False),
                       DataInfo("toy:moons", "vector", (2,), None)).bijector[0]
     assert (cnf.test_rtol, cnf.test_atol, cnf.test_solver, cnf.step_size) == (1e-6, 1e-7, "dopri5", 0.25)
+    assert cnf.end_time.item() == pytest.approx(1.0) and not isinstance(cnf.sqrt_end_time, torch.nn.Parameter)
     image = build_model(Config(model="ffjord", hidden_channels=4, num_layers=1, num_blocks=1),
                         DataInfo("digits", "image", (1, 8, 8), 17))
     assert type(image) is FFJORDImage

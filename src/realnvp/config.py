@@ -59,6 +59,8 @@ class Config:
     ode_test_atol: float = 0.0
     ode_test_solver: str = ""
     ode_step_size: float = 0.05
+    ode_t1: float = 0.0
+    ode_train_t1: bool = True
     ode_adjoint: bool = False
     trace_estimator: str = "auto"
     kinetic_energy: float = 0.0
@@ -166,6 +168,9 @@ HELP = {
                        "--test_solver; empty: ode_solver)",
     "ode_step_size": "ffjord: the fixed-grid solvers' step, a fraction of the integration time (the "
                      "reference code's --step_size; 0.25: four steps)",
+    "ode_t1": "ffjord: the integration time T of each CNF (the reference code's --time_length; 0: the "
+              "model's, 0.5 for vectors as in its toy runs, 1.0 for images)",
+    "ode_train_t1": "ffjord: learn T (the reference code's --train_T); RNODE keeps it fixed",
     "ode_adjoint": "ffjord: back-propagate with the adjoint method (constant memory, slower)",
     "trace_estimator": "ffjord: exact, hutchinson (Rademacher noise) or auto (exact for D <= 8, "
                        "and in evaluation for D <= 32)",
@@ -235,6 +240,7 @@ _RANGES = [
     ("ode_test_rtol", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("ode_test_atol", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("ode_step_size", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("ode_t1", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("kinetic_energy", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("jacobian_norm", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("l2", lambda v: 0 <= v < math.inf, "a finite number >= 0"),

@@ -20,7 +20,9 @@ _AUTOREGRESSIVE = {"maf": MAF, "iaf": IAF, "nsf-autoregressive": NSFAutoregressi
 
 def _ode_options(cfg: Config) -> dict:
     """The CNF options of the ffjord models."""
-    return dict(solver=cfg.ode_solver, rtol=cfg.ode_rtol, atol=cfg.ode_atol, adjoint=cfg.ode_adjoint,
+    t1 = {"t1": cfg.ode_t1} if cfg.ode_t1 else {}  # 0: the model's default
+    return dict(**t1, train_t1=cfg.ode_train_t1, solver=cfg.ode_solver, rtol=cfg.ode_rtol,
+                atol=cfg.ode_atol, adjoint=cfg.ode_adjoint,
                 test_rtol=cfg.ode_test_rtol or None, test_atol=cfg.ode_test_atol or None,
                 test_solver=cfg.ode_test_solver or None, step_size=cfg.ode_step_size,
                 kinetic_energy=cfg.kinetic_energy, jacobian_norm=cfg.jacobian_norm, max_nfe=cfg.max_nfe)
