@@ -4,6 +4,7 @@ among other bijectors, and every command on a tiny ``model=ffjord`` run (with ex
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -106,6 +107,8 @@ def test_regularisers_are_recorded_in_training_only():
     reg = model.regularization_loss()
     assert reg.requires_grad and float(reg.detach()) > 0
     assert set(model.bijector[0].regularization_terms) == {"kinetic_energy", "jacobian_norm"}
+    copied = copy.deepcopy(model)  # as the trainer copies it to load the best checkpoint
+    assert copied.regularization_loss() == 0.0 and model.regularization_loss().requires_grad
     model.eval()
     model.log_prob(x)
     assert model.regularization_loss() == 0.0

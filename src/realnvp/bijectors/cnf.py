@@ -298,6 +298,12 @@ class CNF(Bijector):
             self._record_regularization(out[2:], kinetic, jacobian)
         return z, (log_det if with_log_det else None)
 
+    def __getstate__(self) -> dict:
+        # a copy (``copy.deepcopy``: the trainer's selected model) leaves behind the last pass's
+        # regularisers, which hold that pass's autograd graph
+        state = super().__getstate__()
+        return {**state, "regularization": None, "regularization_terms": {}}
+
     def _record_regularization(self, states, kinetic: bool, jacobian: bool) -> None:
         terms, total = {}, None
         names = [n for n, on in (("kinetic_energy", kinetic), ("jacobian_norm", jacobian)) if on]
