@@ -195,7 +195,8 @@ HELP = {
     "ema_decay": "decay of the moving average of the weights that is evaluated (0: none)",
     "precision": "fp32, or bf16 autocast of the s/t networks",
     "valid_size": "validation split carved from the training split: < 1 a fraction, >= 1 a "
-                  "number of examples, 0 none (then the test split selects)",
+                  "number of examples, 0 none (then nothing is selected: the last weights are the "
+                  "model, and the test split is only monitored)",
     "patience": "stop after this many epochs without a better validation score (0: never)",
     "eval_batch_size": "examples per evaluation batch",
     "eval_dequant_samples": "dequantization noise draws of the final evaluation",
@@ -302,6 +303,9 @@ def _coerce(cfg: Config) -> Config:
     if cfg.image_size is not None and (isinstance(cfg.image_size, bool)
                                        or not isinstance(cfg.image_size, int) or cfg.image_size < 1):
         raise ConfigError(f"image_size must be an integer >= 1, got {cfg.image_size!r}")
+    if cfg.patience and not cfg.valid_size:
+        raise ConfigError("patience needs a validation split (valid_size > 0): early stopping "
+                          "never looks at the test split")
     return cfg
 
 

@@ -133,9 +133,10 @@ class _Skip(Sampler):
 class TrainingData:
     """A training split, an optional validation split, a test split, and the data's info.
 
-    The model is selected (best checkpoint, early stopping) on ``selection``: the validation
-    split, or the test split when there is none (``selection_name`` says which, in
-    ``metrics.csv``'s ``<name>_<metric>`` column and in ``eval.json``).
+    ``selection`` is the split scored after every epoch: the validation split, which selects the
+    model (best checkpoint, early stopping), or, when there is none, the test split, which is only
+    monitored (``best`` is then the last epoch's weights; ``selection_name`` says which, in
+    ``metrics.csv``'s ``<name>_<metric>`` column).
     """
 
     info: DataInfo

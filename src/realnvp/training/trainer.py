@@ -266,7 +266,9 @@ class Trainer:
             f"{ctx.optimizer.param_groups[0]['lr']:.6g}", state.skipped_steps, f"{seconds:.2f}"]
             + ([f"{nfe / max(count, 1):.1f}"] if self.reports_nfe else []),
             strict=True))
-        improved = ctx.main and score < state.best_score
+        # without a validation split nothing is selected: "best" is the last epoch's weights, and
+        # the test split is only monitored
+        improved = ctx.main and (ctx.data.valid is None or score < state.best_score)
         if improved:
             state.best_score = score
         state.epochs_since_best = 0 if improved else state.epochs_since_best + 1
@@ -291,8 +293,9 @@ class Trainer:
         result = ctx.objective.evaluate(ctx, model, ctx.data.test, final=True, progress=not self.quiet)
         sel, metric = ctx.data.selection_name, ctx.objective.metric
         result.update({"split": "test", "epochs": ctx.state.epoch, "steps": ctx.state.step,
-                       f"best_{sel}_{metric}_during_training": ctx.state.best_score,
                        "weights": weights})
+        if ctx.data.valid is not None:
+            result[f"best_{sel}_{metric}_during_training"] = ctx.state.best_score
         if selected is not None:
             result["selected_epoch"] = selected
         if self.stopped:
