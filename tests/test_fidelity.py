@@ -17,6 +17,7 @@ import math
 import pytest
 import torch
 
+from helpers import same
 from realnvp import RealNVP, bits_per_dim, checkpoint
 from realnvp.config import Config, ConfigError
 from realnvp.data import DataInfo
@@ -140,23 +141,44 @@ def test_the_best_checkpoint_is_chosen_on_valid_and_test_is_reported_once_for_it
         assert curves.format == "PNG" and curves.size == (640, 400)
 
 
+class Worse(MaximumLikelihood):
+    """Every epoch's validation (or monitored test) score worse than the one before."""
+
+    calls = 0
+
+    def evaluate(self, ctx, model, dataset, final, progress=False):
+        result = super().evaluate(ctx, model, dataset, final, progress)
+        if not final:
+            self.calls += 1
+            result["bits_per_dim"] = float(self.calls)
+        return result
+
+
 def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(tmp_path):
-    class Worse(MaximumLikelihood):
-        """Every epoch's validation score worse than the one before."""
-
-        calls = 0
-
-        def evaluate(self, ctx, model, dataset, final, progress=False):
-            result = super().evaluate(ctx, model, dataset, final, progress)
-            if not final:
-                self.calls += 1
-                result["bits_per_dim"] = float(self.calls)
-            return result
-
     result = train(tiny(epochs=10, patience=2), tmp_path / "run", quiet=True, log=lambda *a: None,
                    objective=Worse())
     assert result["stopped"] == "early_stopping" and result["epochs"] == 3
     assert result["selected_epoch"] == 1
+
+
+@pytest.mark.parametrize("valid_size", [0.1, 0])
+def test_only_a_validation_split_selects(tmp_path, valid_size):
+    """With a validation split the best checkpoint is the best epoch's (here the first); without
+    one the test split is only monitored: ``best`` is the last epoch's weights and ``eval.json``
+    names no best score. Early stopping without a validation split is refused, leaving nothing."""
+    run = tmp_path / "run"
+    result = train(tiny(epochs=3, valid_size=valid_size), run, quiet=True, log=lambda *a: None,
+                   objective=Worse())
+    best, meta = checkpoint.load(run / "checkpoints" / "best.safetensors")
+    last, _ = checkpoint.load(run / "checkpoints" / "last.safetensors")
+    assert meta["state"]["epoch"] == (1 if valid_size else 3)
+    assert same({k: v for k, v in best.items() if k.startswith("model.")},
+                {k: v for k, v in last.items() if k.startswith("model.")}) is not bool(valid_size)
+    assert [k for k in result if k.startswith("best_")] == (["best_valid_bpd_during_training"] if valid_size
+                                                             else [])
+    with pytest.raises(ConfigError, match="patience needs a validation split"):
+        train(tiny(patience=2, valid_size=0), tmp_path / "refused", quiet=True, log=lambda *a: None)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_the_importance_weighted_estimate_is_tighter_and_equal_for_one_draw():

@@ -10,7 +10,6 @@ earlier runs used, so their numbers still reproduce.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 
@@ -20,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 
 from helpers import metrics_rows, same
 from realnvp import atomic, checkpoint
-from realnvp.config import Config, ConfigError
+from realnvp.config import Config
 from realnvp.distributed import DistInfo
 from realnvp.training import MaximumLikelihood, Objective, load_training_data, train
 
@@ -129,40 +128,6 @@ def test_a_custom_objective_and_optimizer_plug_in_without_touching_the_loop(tmp_
     assert any(p is objective.offset for g in made[0].param_groups for p in g["params"])
     tensors, _ = checkpoint.load(path / "checkpoints" / "last.safetensors")
     assert "objective.offset" in tensors
-
-
-class Worsening(MaximumLikelihood):
-    """The likelihood objective with a per-epoch score that gets worse every epoch."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def evaluate(self, ctx, model, dataset, final, progress=False):
-        result = super().evaluate(ctx, model, dataset, final, progress)
-        if not final:
-            self.calls += 1
-            result[self.score_key] = float(self.calls)
-        return result
-
-
-@pytest.mark.parametrize("validated", [True, False])
-def test_only_a_validation_split_selects(tmp_path, data, validated):
-    """With a validation split the best checkpoint is the best epoch's (here the first); without
-    one the test split is only monitored: ``best`` is the last epoch's weights and ``eval.json``
-    names no best test score. Early stopping without a validation split is refused."""
-    split = data if validated else dataclasses.replace(data, valid=None)
-    path = tmp_path / "run"
-    result = run(tiny(epochs=3, ema_decay=0.0), path, split, objective=Worsening())
-    best, best_meta = checkpoint.load(path / "checkpoints" / "best.safetensors")
-    last, _ = checkpoint.load(path / "checkpoints" / "last.safetensors")
-    assert best_meta["state"]["epoch"] == (1 if validated else 3)
-    assert same({k: v for k, v in best.items() if k.startswith("model.")},
-                {k: v for k, v in last.items() if k.startswith("model.")}) is not validated
-    assert ("best_valid_bpd_during_training" in result) is validated
-    assert not any(k.startswith("best_test") for k in result)
-    with pytest.raises(ConfigError, match="patience needs a validation split"):
-        tiny(patience=2, valid_size=0)
 
 
 def test_the_base_objective_says_what_is_missing():

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .. import atomic, checkpoint, distributed
-from ..config import Config
+from ..config import Config, ConfigError
 from ..models.build import build_model
 from ..runtime import resolve_device, seed_everything
 from . import checkpoints, rundir
@@ -89,6 +89,10 @@ class Trainer:
 
     def setup(self) -> Context:
         """Processes, run directory, data, model, optimizer, moving average; resume if asked."""
+        validated = self.data.valid is not None if self.data is not None else bool(self.cfg.valid_size)
+        if self.cfg.patience and not validated:
+            raise ConfigError("patience needs a validation split (valid_size > 0): early stopping "
+                              "never looks at the test split")
         dist = distributed.setup()
         if dist.rank == 0:  # the one writer
             self.lock = rundir.RunLock(self.run_dir).acquire()
