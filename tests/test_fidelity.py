@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 
-from helpers import same
+from helpers import cli, same
 from realnvp import RealNVP, bits_per_dim, checkpoint
 from realnvp.config import Config, ConfigError
 from realnvp.data import DataInfo
@@ -162,7 +162,7 @@ def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(t
 
 
 @pytest.mark.parametrize("valid_size", [0.1, 0])
-def test_only_a_validation_split_selects(tmp_path, valid_size):
+def test_only_a_validation_split_selects(tmp_path, capsys, valid_size):
     """With a validation split the best checkpoint is the best epoch's (here the first); without
     one the test split is only monitored: ``best`` is the last epoch's weights and ``eval.json``
     names no best score. Early stopping without a validation split is refused, leaving nothing."""
@@ -176,6 +176,11 @@ def test_only_a_validation_split_selects(tmp_path, valid_size):
                 {k: v for k, v in last.items() if k.startswith("model.")}) is not bool(valid_size)
     assert [k for k in result if k.startswith("best_")] == (["best_valid_bpd_during_training"] if valid_size
                                                              else [])
+    code, out, _ = cli(capsys, "info", run, "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["selected_on"] == ("valid" if valid_size else None)
+    assert (summary["best_selection_score"], summary["last_test_score"]) == \
+        ((1.0, None) if valid_size else (None, 3.0))
     with pytest.raises(ConfigError, match="patience needs a validation split"):
         train(tiny(patience=2, valid_size=0), tmp_path / "refused", quiet=True, log=lambda *a: None)
     assert not (tmp_path / "refused").exists()

@@ -334,13 +334,17 @@ def cmd_info(args) -> int:
         except checkpoint.CheckpointError as e:
             state = {"error": str(e)}
     best = None if "error" in state or not state else State.from_dict(state).best_score
+    # a fit run selects on its fresh draws; without a validation split nothing is selected and
+    # the state's score is the last epoch's on the test split
+    selected = bool(cfg.valid_size) or is_fit_run(path)
     eval_file = path / "eval.json"
     result = json.loads(eval_file.read_text()) if eval_file.exists() else None
     summary = {
         "run": str(path), "data": info.to_dict(), "parameters": n_params,
         "epochs_completed": state.get("epoch", 0), "epochs_planned": cfg.epochs,
-        "steps": state.get("step", 0), "best_selection_score": best,
-        "selected_on": "valid" if cfg.valid_size else "test",
+        "steps": state.get("step", 0), "best_selection_score": best if selected else None,
+        "selected_on": "valid" if selected else None,
+        "last_test_score": None if selected else best,
         "skipped_steps": state.get("skipped_steps", 0), "final_eval": result,
         "config": cfg.to_dict(),
     }
@@ -357,9 +361,12 @@ def cmd_info(args) -> int:
                 + f", latent {spec['latent']}, hidden {spec['hidden']}")
     print(f"model        {kind} ({type(model).__name__}), {n_params:,} parameters")
     print(f"epochs       {summary['epochs_completed']} of {cfg.epochs} ({summary['steps']} steps)")
-    best = summary["best_selection_score"]
-    print(f"best score   {best:.4f} ({summary['selected_on']})"
-          if isinstance(best, float) and math.isfinite(best) else "best score   -")
+    if not (isinstance(best, float) and math.isfinite(best)):
+        print("best score   -")
+    elif selected:
+        print(f"best score   {best:.4f} (valid)")
+    else:
+        print(f"test score   {best:.4f} (the last epoch's: no validation split, nothing selected)")
     if result and is_fit_run(path):
         from ..training.variational import summary as fit_summary
 
