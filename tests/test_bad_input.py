@@ -215,7 +215,7 @@ def test_score_reads_images_by_the_training_rule_and_refuses_the_rest(tmp_path):
 
     info = DataInfo("digits", "image", (1, 8, 8), 17)
     Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(tmp_path / "deep.png")
-    ((_, deep),) = read_inputs([str(tmp_path / "deep.png")], info)
+    ((_, deep, _),) = read_inputs([str(tmp_path / "deep.png")], info)
     assert int(deep.min()) == 16  # white, scaled (not clipped) to the top of 17 levels
     rgba = np.zeros((8, 8, 4), np.uint8)
     rgba[..., 3] = 255

@@ -195,7 +195,22 @@ def test_class_conditional_run_end_to_end(tmp_path, capsys):
     assert code == 2 and "label 10 is out of range: the model has classes 0 to 9" in one_line(err)
     assert not (run / "ten.npy").exists()
     code, _, err = cli(capsys, "score", run, run / "three.npy")
-    assert code == 2 and "class-conditional" in one_line(err)
+    assert code == 2 and "class-conditional: give --label N" in one_line(err)
+    code, _, err = cli(capsys, "score", run, run / "three.npy", "--label", "10")
+    assert code == 2 and "label 10 is out of range" in one_line(err)
+    assert cli(capsys, "score", run, run / "three.npy", "--label", "3", "--dequant-samples", "1",
+               "-o", run / "three.csv")[0] == 0
+    from realnvp.evaluate import per_example_bits_per_dim
+    from realnvp.runs import load_run
+    from realnvp.runtime import seed_everything
+
+    r = load_run(run, "last")
+    seed_everything(0)  # score's --seed
+    x = torch.from_numpy(np.load(run / "three.npy"))
+    expected = per_example_bits_per_dim(r.model, x, r.info, 1, dequantizer=r.dequantizer,
+                                        context=torch.nn.functional.one_hot(torch.full((4,), 3), 10).float())
+    scored = np.loadtxt(run / "three.csv", delimiter=",", skiprows=1, usecols=2)
+    np.testing.assert_allclose(scored, expected.numpy(), rtol=0, atol=2e-6)
 
 
 def test_a_label_for_an_unconditional_run_and_labels_that_do_not_exist_are_refused(
@@ -256,6 +271,32 @@ def test_conditional_tabular_run_end_to_end(tmp_path, capsys, model):
     assert code == 2 and "give 1 value(s), got none" in one_line(err)
     code, _, err = cli(capsys, "sample", run, "--context", "1,2", "-n", "7", "-o", run / "two.npy")
     assert code == 2 and "give 1 value(s), got 2" in one_line(err)
+
+    # score: rows in the training file's layout carry their context; the modelled columns alone
+    # take it from --context; both are p(x | c) in the data's units
+    xs = np.load(run / "s.npy").astype(np.float64)
+    np.savetxt(run / "whole.csv", np.concatenate([xs, np.full((7, 1), 1.5)], 1), delimiter=",")
+    np.savetxt(run / "modelled.csv", xs, delimiter=",")
+    assert cli(capsys, "score", run, run / "whole.csv", "-o", run / "a.csv")[0] == 0
+    assert cli(capsys, "score", run, run / "modelled.csv", "--context", "1.5", "-o", run / "b.csv")[0] == 0
+    a, b = (np.loadtxt(run / n, delimiter=",", skiprows=1, usecols=3) for n in ("a.csv", "b.csv"))
+    from realnvp.runs import load_run
+
+    r = load_run(run, "last")
+    info = r.info
+    x = torch.from_numpy((xs - np.array(info.mean)) / np.array(info.std)).float()
+    c = torch.full((7, 1), (1.5 - info.context_mean[0]) / info.context_std[0])
+    with torch.no_grad():
+        expected = -r.model.log_prob(x, c).double().numpy() + np.log(info.std).sum()
+    np.testing.assert_allclose(a, expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+    code, _, err = cli(capsys, "score", run, run / "whole.csv", "--context", "1.5")
+    assert code == 2 and "the rows hold the context columns already" in one_line(err)
+    code, _, err = cli(capsys, "score", run, run / "modelled.csv")
+    assert code == 2 and "give 1 value(s), got none" in one_line(err)
+    np.savetxt(run / "wide.csv", np.zeros((2, 4)), delimiter=",")
+    code, _, err = cli(capsys, "score", run, run / "wide.csv")
+    assert code == 2 and "training file's 3 columns, or of the 2 modelled ones" in one_line(err)
 
 
 @pytest.mark.parametrize("columns, message", [("5", "column 5 does not exist"),

@@ -54,10 +54,11 @@ def importance_weighted(log_p: torch.Tensor) -> torch.Tensor:
 
 
 def per_example_bits_per_dim(model: Flow, x: torch.Tensor, info: DataInfo, dequant_samples: int = 1,
-                             precision: str = "fp32", dequantizer=None) -> torch.Tensor:
+                             precision: str = "fp32", dequantizer=None,
+                             context: torch.Tensor | None = None) -> torch.Tensor:
     """``(B,)`` bits/dim of a batch (nats → bits; discrete data: dequantized by ``dequantizer``,
-    the bound averaged over the draws)."""
-    log_p = per_draw_log_likelihoods(model, x, info, dequant_samples, precision,
+    the bound averaged over the draws; a conditional model's given its ``(B, k)`` context)."""
+    log_p = per_draw_log_likelihoods(model, x, info, dequant_samples, precision, context=context,
                                      dequantizer=dequantizer)
     return bits_per_dim(log_p, info.dim, info.num_levels).mean(dim=1)
 

@@ -57,9 +57,15 @@ def column_context(values: list[float] | None, info: DataInfo, n: int, device) -
     if values is None or len(values) != k:
         got = "none" if values is None else len(values)
         raise ValueError(f"this run is conditioned on {k} context column(s): give {k} value(s), got {got}")
-    c = (torch.tensor(values, dtype=torch.float32) - torch.tensor(info.context_mean)) \
-        / torch.tensor(info.context_std)
-    return c.expand(n, k).to(device)
+    return standardised_context(torch.tensor([values], dtype=torch.float32), info).expand(n, k).to(device)
+
+
+def standardised_context(values: Tensor, info: DataInfo) -> Tensor:
+    """``(n, k)`` context columns in the data's units, standardised as the training rows were
+    (with the context columns' training statistics)."""
+    mean = torch.tensor(info.context_mean, dtype=values.dtype)
+    std = torch.tensor(info.context_std, dtype=values.dtype)
+    return (values - mean) / std
 
 
 def model_input(x: Tensor, info: DataInfo, dtype=torch.float32, shard: tuple[int, int] = (0, 1),

@@ -62,8 +62,23 @@ def _needs_data(run, command: str) -> None:
 def _unconditional(run, command: str) -> None:
     _needs_data(run, command)
     if run.model.context_features:
-        raise UsageError(f"{command} does not take class-conditional runs yet (their inputs would "
-                         "need labels); eval and sample do")
+        raise UsageError(f"{command} does not take conditional runs yet; eval, sample and score do")
+
+
+def _context(args, run, n: int, device) -> torch.Tensor | None:
+    """The ``(n, k)`` context that ``--label`` or ``--context`` gives a conditional run (``None``
+    for an unconditional one, which refuses both); a class-conditional run without ``--label``
+    gets the classes in turn."""
+    from ..inputs import class_context, column_context
+
+    try:
+        if run.info.context_features or args.context is not None:
+            return column_context(args.context, run.info, n, device)
+        return class_context(run.model, n, device, args.label)
+    except ValueError as e:
+        given = ("--context " + ",".join(f"{v:g}" for v in args.context) if args.context is not None
+                 else f"--label {args.label}" if args.label is not None else args.command)
+        raise UsageError(f"{given}: {e}") from None
 
 
 def cmd_eval(args) -> int:
@@ -89,7 +104,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from ..inputs import class_context, column_context, to_levels, to_pixels
+    from ..inputs import to_levels, to_pixels
     from ..runs import is_fit_run, is_vae_run
     from ..viz import image_grid, samples_and_density, save, scatter_plot
 
@@ -113,14 +128,8 @@ def cmd_sample(args) -> int:
         return _sample_vae(args, run, out)
     args.temperature = 0.7 if args.temperature is None else args.temperature
     device = next(run.model.parameters()).device
-    try:
-        contexts = [column_context(args.context, run.info, m, device) if run.info.context_features
-                    or args.context is not None else class_context(run.model, m, device, args.label)
-                    for m in (min(SAMPLE_BATCH, args.n - i) for i in range(0, args.n, SAMPLE_BATCH))]
-    except ValueError as e:
-        given = ("--context " + ",".join(f"{v:g}" for v in args.context) if args.context is not None
-                 else f"--label {args.label}" if args.label is not None else "sample")
-        raise UsageError(f"{given}: {e}") from None
+    contexts = [_context(args, run, m, device)
+                for m in (min(SAMPLE_BATCH, args.n - i) for i in range(0, args.n, SAMPLE_BATCH))]
     g = torch.Generator(device).manual_seed(args.seed)
     x = torch.cat([run.model.sample(min(SAMPLE_BATCH, args.n - i), args.temperature, generator=g,
                                     context=c).cpu()
@@ -286,13 +295,19 @@ def cmd_score(args) -> int:
     from ..score import read_inputs
 
     run = _load(args)
-    _unconditional(run, "score")
-    inputs = read_inputs(args.inputs, run.info)
+    _needs_data(run, "score")
+    info = run.info
+    if run.model.context_features and not info.context_features and args.label is None:
+        raise UsageError("this run is class-conditional: give --label N, the class of the inputs")
+    inputs = read_inputs(args.inputs, info, run.config.context_columns)
+    if args.context is not None and any(c is not None for _, _, c in inputs):
+        raise UsageError("--context: the rows hold the context columns already; give rows of the "
+                         f"{info.dim} modelled columns with --context, or the whole rows without it")
+    device = next(run.model.parameters()).device
     seed_everything(args.seed)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     header = ["source", "row", "bits_per_dim"]
-    info = run.info
     continuous = info.num_levels is None
     # continuous data: in the input's units, so the standardisation's Jacobian Σ log σ is added
     # to the standardised NLL (the run's own figures, like the papers', are standardised)
@@ -300,11 +315,13 @@ def cmd_score(args) -> int:
     if continuous:
         header.append("nll_nats")
     w.writerow(header)
-    for source, batch in inputs:
+    for source, batch, row_context in inputs:
         for start in range(0, batch.shape[0], args.batch_size):
             chunk = batch[start:start + args.batch_size]
+            context = row_context[start:start + args.batch_size] if row_context is not None \
+                else _context(args, run, chunk.shape[0], device)
             bpd = per_example_bits_per_dim(run.model, chunk, info, args.dequant_samples,
-                                           dequantizer=run.dequantizer).cpu()
+                                           dequantizer=run.dequantizer, context=context).cpu()
             for i, b in enumerate(bpd.tolist()):
                 nll = nats_per_example(b, info.dim) + log_scale
                 row = [source, start + i + 1, f"{nll / (info.dim * math.log(2)) if continuous else b:.6f}"]
@@ -490,6 +507,12 @@ def add_parsers(sub) -> None:
     c.add_argument("-o", "--output", help="CSV file (default: stdout)")
     c.add_argument("--batch-size", type=positive_int, default=256)
     c.add_argument("--dequant-samples", type=positive_int, default=4)
+    c.add_argument("--label", type=int, default=None,
+                   help="the class of every input (class-conditional runs: required)")
+    c.add_argument("--context", type=_floats, default=None, metavar="V1,V2,...",
+                   help="values of the context columns for every row, in the data's units (runs "
+                        "trained with context_columns, when the rows hold only the modelled "
+                        "columns; rows of the training file's layout carry their own)")
     c.set_defaults(func=cmd_score)
 
     x = sub.add_parser("export", help="the density and sampling paths as torch.export programs, "
