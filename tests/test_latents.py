@@ -158,7 +158,7 @@ def test_latents_bad_arguments_are_one_line(tmp_path, capsys, runs, monkeypatch,
 @pytest.mark.parametrize("argv, message", [
     (["--data", "toy:moons", "--set", "num_couplings=2", "--set", "hidden=8"], "is a vector run"),
     (["--set", "num_scales=1"], "has a single scale"),
-    (["--set", "conditional=true"], "class-conditional"),
+    (["--set", "conditional=true"], "does not take conditional runs yet"),
 ])
 def test_latents_refuses_runs_without_scales_to_show(tmp_path, capsys, argv, message):
     run = tmp_path / "run"
