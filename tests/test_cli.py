@@ -244,6 +244,21 @@ def test_export_writes_density_and_sampler_equal_to_the_eager_model(tmp_path, ca
     assert code == 2 and "is a file" in err
 
 
+def test_an_export_that_fails_leaves_no_new_folder(tmp_path, capsys, digits_run, monkeypatch):
+    import realnvp.export
+    from realnvp.export import ExportError
+
+    def refuse(*args):
+        raise ExportError("torch.export cannot take this model's density path: a stand-in")
+
+    monkeypatch.setattr(realnvp.export, "export", refuse)
+    code, _, err = cli(capsys, "export", digits_run, "-o", tmp_path / "new")
+    assert code == 2 and "a stand-in" in err and not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    code, _, _ = cli(capsys, "export", digits_run, "-o", tmp_path / "old")
+    assert code == 2 and (tmp_path / "old").is_dir()  # a folder that was there stays
+
+
 def test_debug_is_accepted_after_the_command_too(capsys):
     from realnvp.data import DataError
 

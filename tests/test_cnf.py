@@ -275,6 +275,9 @@ def test_every_command_and_exact_resume_for_ffjord(capsys, tmp_path):
     code, out, _ = cli(capsys, "info", run, "--json")
     assert code == 0 and json.loads(out)["config"]["model"] == "ffjord"
     assert cli(capsys, "score", run, run / "s.npy", "-o", run / "scores.csv")[0] == 0
+    code, _, err = cli(capsys, "export", run, "-o", run / "served")
+    assert code == 2 and "does not take continuous-time flows" in one_line(err)
+    assert not (run / "served").exists()
 
 
 def test_the_guard_ends_a_training_run_in_one_line(capsys, tmp_path):

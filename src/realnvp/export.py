@@ -66,8 +66,19 @@ def _export(module: nn.Module, example: torch.Tensor, check: torch.Tensor, name:
     return program, diff
 
 
+def check_exportable(flow: Flow) -> None:
+    """An :class:`ExportError` for a flow that the exporters cannot take, before any work."""
+    from .bijectors import CNF
+
+    if any(isinstance(m, CNF) for m in flow.modules()):
+        raise ExportError("export does not take continuous-time flows (ffjord): an ODE solve runs "
+                          "torchdiffeq's Python loop, whose steps depend on the data, and the "
+                          "exporters trace a fixed graph")
+
+
 def _servable(flow: Flow) -> Flow:
     """A copy of ``flow`` as the exporters take it: eval mode, no input checks, no gradients."""
+    check_exportable(flow)
     flow = copy.deepcopy(flow).eval()
     flow.validate_args = False
     for p in flow.parameters():

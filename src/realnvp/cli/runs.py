@@ -414,7 +414,7 @@ def _export_inputs(args, run) -> torch.Tensor:
 
 
 def cmd_export(args) -> int:
-    from ..export import export, export_onnx
+    from ..export import check_exportable, export, export_onnx
 
     out = Path(args.output)
     onnx = out.suffix.lower() == ".onnx"
@@ -423,9 +423,11 @@ def cmd_export(args) -> int:
                          "(or FILE.onnx for ONNX)")
     run = _load(args)
     _needs_data(run, "export")  # before the output folder is made: a refusal leaves nothing
+    check_exportable(run.model)
     if onnx:
         writable_file(args.output)
     else:
+        made = not out.exists()
         writable_dir(out)
     inputs = _export_inputs(args, run)
     if onnx:
@@ -433,7 +435,12 @@ def cmd_export(args) -> int:
         print(f"wrote {out}, the density path as ONNX (onnxruntime = eager to "
               f"{diff['density']:.2g} nats on {len(inputs)} test examples)")
         return 0
-    diff = export(run.model, inputs, out, run.info.num_levels)["max_abs_difference"]
+    try:
+        diff = export(run.model, inputs, out, run.info.num_levels)["max_abs_difference"]
+    except BaseException:
+        if made and not any(out.iterdir()):  # the exporter refused: leave no empty folder behind
+            out.rmdir()
+        raise
     print(f"wrote {out / 'density.pt2'} and {out / 'sample.pt2'} (exported = eager to "
           f"{diff['density']:.2g} nats and {diff['sample']:.2g} on {len(inputs)} test examples)")
     return 0
