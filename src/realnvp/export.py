@@ -74,6 +74,9 @@ def check_exportable(flow: Flow) -> None:
         raise ExportError("export does not take continuous-time flows (ffjord): an ODE solve runs "
                           "torchdiffeq's Python loop, whose steps depend on the data, and the "
                           "exporters trace a fixed graph")
+    if flow.context_features:
+        raise ExportError("export does not take conditional runs yet: the exported density and "
+                          "sampler take no context")
 
 
 def _servable(flow: Flow) -> Flow:
