@@ -198,7 +198,7 @@ def test_class_conditional_run_end_to_end(tmp_path, capsys):
     assert code == 2 and "class-conditional: give --label N" in one_line(err)
     code, _, err = cli(capsys, "score", run, run / "three.npy", "--label", "10")
     assert code == 2 and "label 10 is out of range" in one_line(err)
-    code, _, err = cli(capsys, "export", run, "-o", run / "served")
+    code, _, err = cli(capsys, "export", run, "--checkpoint", "last", "-o", run / "served")
     assert code == 2 and "export does not take conditional runs yet" in one_line(err)
     assert not (run / "served").exists()
     assert cli(capsys, "score", run, run / "three.npy", "--label", "3", "--dequant-samples", "1",
