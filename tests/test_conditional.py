@@ -297,6 +297,8 @@ def test_conditional_tabular_run_end_to_end(tmp_path, capsys, model):
     assert code == 2 and "the rows hold the context columns already" in one_line(err)
     code, _, err = cli(capsys, "score", run, run / "modelled.csv")
     assert code == 2 and "give 1 value(s), got none" in one_line(err)
+    code, _, err = cli(capsys, "score", run, run / "modelled.csv", "--label", "1")
+    assert code == 2 and "conditioned on context columns, not on classes" in one_line(err)
     np.savetxt(run / "wide.csv", np.zeros((2, 4)), delimiter=",")
     code, _, err = cli(capsys, "score", run, run / "wide.csv")
     assert code == 2 and "training file's 3 columns, or of the 2 modelled ones" in one_line(err)

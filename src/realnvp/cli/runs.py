@@ -71,6 +71,9 @@ def _context(args, run, n: int, device) -> torch.Tensor | None:
     gets the classes in turn."""
     from ..inputs import class_context, column_context
 
+    if run.info.context_features and args.label is not None:
+        raise UsageError("--label: this run is conditioned on context columns, not on classes; "
+                         "give --context V1,...")
     try:
         if run.info.context_features or args.context is not None:
             return column_context(args.context, run.info, n, device)
