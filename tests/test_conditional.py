@@ -198,9 +198,6 @@ def test_class_conditional_run_end_to_end(tmp_path, capsys):
     assert code == 2 and "class-conditional: give --label N" in one_line(err)
     code, _, err = cli(capsys, "score", run, run / "three.npy", "--label", "10")
     assert code == 2 and "label 10 is out of range" in one_line(err)
-    code, _, err = cli(capsys, "export", run, "--checkpoint", "last", "-o", run / "served")
-    assert code == 2 and "export does not take conditional runs yet" in one_line(err)
-    assert not (run / "served").exists()
     assert cli(capsys, "score", run, run / "three.npy", "--label", "3", "--dequant-samples", "1",
                "-o", run / "three.csv")[0] == 0
     from realnvp.evaluate import per_example_bits_per_dim
@@ -214,6 +211,18 @@ def test_class_conditional_run_end_to_end(tmp_path, capsys):
                                         context=torch.nn.functional.one_hot(torch.full((4,), 3), 10).float())
     scored = np.loadtxt(run / "three.csv", delimiter=",", skiprows=1, usecols=2)
     np.testing.assert_allclose(scored, expected.numpy(), rtol=0, atol=2e-6)
+    # export: both programs take the one-hot context as a second input
+    assert cli(capsys, "export", run, "--checkpoint", "last", "-o", run / "served")[0] == 0
+    import json
+
+    assert json.loads((run / "served" / "export.json").read_text())["context_features"] == 10
+    density = torch.export.load(str(run / "served" / "density.pt2")).module()
+    sampler = torch.export.load(str(run / "served" / "sample.pt2")).module()
+    y, z = torch.rand(3, 1, 8, 8), torch.randn(3, 64)
+    context = torch.nn.functional.one_hot(torch.tensor([7, 0, 7]), 10).float()
+    with torch.no_grad():
+        torch.testing.assert_close(density(y, context), r.model.log_prob(y, context), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sampler(z, context), r.model.decode(z, context), rtol=1e-5, atol=1e-5)
 
 
 def test_a_label_for_an_unconditional_run_and_labels_that_do_not_exist_are_refused(

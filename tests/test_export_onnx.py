@@ -73,5 +73,26 @@ def test_spline_models_export_and_a_model_the_exporter_cannot_take_is_one_line(t
                "--quiet", "--set", "hidden=8", "--set", "num_layers=1", "--set", "ode_rtol=1e-3",
                "--set", "ode_atol=1e-3")[0] == 0
     code, out, err = cli(capsys, "export", ffjord, "--checkpoint", "last", "-o", tmp_path / "cnf.onnx")
-    assert code == 2 and "the ONNX exporter cannot take this model's density path" in one_line(err)
+    assert code == 2 and "export does not take continuous-time flows" in one_line(err)
     assert not (tmp_path / "cnf.onnx").exists()
+
+
+def test_a_class_conditional_density_takes_its_context(tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from realnvp.runs import load_run
+
+    run = tmp_path / "cond"
+    assert cli(capsys, "train", "--out", run, *STEPS, *TINY, "--set", "conditional=true")[0] == 0
+    code, out, err = cli(capsys, "export", run, "--checkpoint", "last", "-o", tmp_path / "cond.onnx")
+    assert code == 0, err
+    loaded = load_run(run, "last")
+    y = torch.rand(5, 1, 8, 8)
+    context = torch.nn.functional.one_hot(torch.tensor([3, 1, 4, 1, 5]), 10).float()
+    session = ort.InferenceSession(str(tmp_path / "cond.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["y", "context"]
+    got = torch.from_numpy(session.run(["log_prob"], {"y": y.numpy(), "context": context.numpy()})[0])
+    with torch.no_grad():
+        want = loaded.model.log_prob(y, context)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert json.loads(session.get_modelmeta().custom_metadata_map["realnvp"])["context_features"] == 10

@@ -8,7 +8,10 @@ programs (``.pt2``), checked against the eager model before they are written.
 - ``export.json``: the shapes, levels and the check's largest differences.
 
 Both take any batch size from 1 to :data:`MAX_BATCH`, run the model in eval mode (running
-batch-norm averages) without input validation (the programs hold no data-dependent checks).
+batch-norm averages) without input validation (the programs hold no data-dependent checks). A
+conditional model's programs take a second input, ``context (B, k)`` (``export.json``:
+``context_features``): a class-conditional model's one-hot label, a tabular model's context
+columns standardised with the training statistics (as its ``y`` is).
 
 :func:`export_onnx` writes the density path alone as one ONNX file through PyTorch's exporter
 (``torch.onnx.export``, the ``dynamo`` path), checked with onnxruntime (the ``onnx`` extra:
@@ -35,6 +38,8 @@ from .models import Flow
 
 MAX_BATCH = 4096
 TOLERANCE = 1e-5
+#: the ONNX density path's input names: ``y``, and a conditional flow's ``context``
+ONNX_INPUTS = ("y", "context")
 
 
 class ExportError(ValueError):
@@ -42,26 +47,37 @@ class ExportError(ValueError):
 
 
 class _Path(nn.Module):
-    """One of the flow's methods (``log_prob``, ``decode``) as a module to export."""
+    """One of the flow's methods (``log_prob``, ``decode``) as a module to export: ``(t)``, or
+    ``(t, context)`` for a conditional flow."""
 
     def __init__(self, flow: Flow, method: str):
         super().__init__()
         self.flow, self.method = flow, method
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return getattr(self.flow, self.method)(t)
+    def forward(self, t: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return getattr(self.flow, self.method)(t, context)
 
 
-def _export(module: nn.Module, example: torch.Tensor, check: torch.Tensor, name: str):
+def _with_context(t: torch.Tensor, context: torch.Tensor | None, rows: slice = slice(None)) -> tuple:
+    """The programs' inputs: ``(t,)`` or ``(t, context)``, rows ``rows`` of each."""
+    return (t[rows],) if context is None else (t[rows], context[rows])
+
+
+def _batch_shapes(args: tuple) -> dict:
+    """Every input's first dimension is the one dynamic batch size."""
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    return {name: {0: batch} for name in ("t", "context")[:len(args)]}
+
+
+def _export(module: nn.Module, example: tuple, check: tuple, name: str):
     try:
-        program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(module, example, dynamic_shapes=_batch_shapes(example))
     except Exception as e:  # the exporter's many failure types; one line for the user
         raise ExportError(f"torch.export cannot take this model's {name} path: "
                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     with torch.no_grad():
-        diff = (program.module()(check) - module(check)).abs().max().item()
-    if not diff <= TOLERANCE * max(1.0, module(check).abs().max().item()):
+        diff = (program.module()(*check) - module(*check)).abs().max().item()
+    if not diff <= TOLERANCE * max(1.0, module(*check).abs().max().item()):
         raise ExportError(f"the exported {name} path differs from the model by {diff:.3g}")
     return program, diff
 
@@ -74,9 +90,6 @@ def check_exportable(flow: Flow) -> None:
         raise ExportError("export does not take continuous-time flows (ffjord): an ODE solve runs "
                           "torchdiffeq's Python loop, whose steps depend on the data, and the "
                           "exporters trace a fixed graph")
-    if flow.context_features:
-        raise ExportError("export does not take conditional runs yet: the exported density and "
-                          "sampler take no context")
 
 
 def _servable(flow: Flow) -> Flow:
@@ -89,20 +102,25 @@ def _servable(flow: Flow) -> Flow:
     return flow
 
 
-def export(flow: Flow, inputs: torch.Tensor, out_dir: str | Path, num_levels: int | None) -> dict:
+def export(flow: Flow, inputs: torch.Tensor, out_dir: str | Path, num_levels: int | None,
+           context: torch.Tensor | None = None) -> dict:
     """Write ``density.pt2``, ``sample.pt2`` and ``export.json`` for ``flow`` into ``out_dir``;
-    ``inputs`` (model-space examples, e.g. test data) check the density, latents drawn from the
-    prior check the sampler. Returns ``export.json``'s contents."""
+    ``inputs`` (model-space examples, e.g. test data, with their ``context`` for a conditional
+    flow) check the density, latents drawn from the prior (with the same contexts) check the
+    sampler. Returns ``export.json``'s contents."""
     flow = _servable(flow)
     out_dir = Path(out_dir)
-    density, d_diff = _export(_Path(flow, "log_prob"), inputs[:2], inputs, "density")
-    z = torch.randn(len(inputs), flow.num_dims, generator=torch.Generator().manual_seed(0))
-    sampler, s_diff = _export(_Path(flow, "decode"), z[:2], z, "sampling")
+    density, d_diff = _export(_Path(flow, "log_prob"), _with_context(inputs, context, slice(2)),
+                              _with_context(inputs, context), "density")
+    z = torch.randn(len(inputs), flow.num_dims, generator=torch.Generator().manual_seed(0)).to(inputs)
+    sampler, s_diff = _export(_Path(flow, "decode"), _with_context(z, context, slice(2)),
+                              _with_context(z, context), "sampling")
     for name, program in (("density.pt2", density), ("sample.pt2", sampler)):
-        with atomic.replacing(out_dir / name) as tmp:
+        with atomic.replacing(out_dir / name) as tmp, _quiet():  # it warns of the temporary name
             torch.export.save(program, str(tmp))
     info = {"event_shape": list(flow.event_shape), "latent_dim": flow.num_dims,
-            "num_levels": num_levels, "max_batch": MAX_BATCH, "units": "nats",
+            "context_features": flow.context_features, "num_levels": num_levels,
+            "max_batch": MAX_BATCH, "units": "nats",
             "max_abs_difference": {"density": d_diff, "sample": s_diff}}
     atomic.write_text(out_dir / "export.json", json.dumps(info, indent=2) + "\n")
     return info
@@ -146,47 +164,52 @@ def _first_line(e: BaseException) -> str:
     return f"{type(cause).__name__}: {line}".rstrip(": ")
 
 
-def _onnx_program(flow: Flow, example: torch.Tensor):
-    """The density path ``y -> log p(y)`` of a servable flow as a ``torch.onnx.ONNXProgram``."""
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+def _onnx_program(flow: Flow, example: tuple):
+    """The density path ``y[, context] -> log p(y[ | context])`` of a servable flow as a
+    ``torch.onnx.ONNXProgram``."""
     try:
         with _quiet():
-            return torch.onnx.export(_Path(flow, "log_prob"), (example,), dynamo=True,
-                                     dynamic_shapes=({0: batch},), input_names=["y"],
+            return torch.onnx.export(_Path(flow, "log_prob"), example, dynamo=True,
+                                     dynamic_shapes=_batch_shapes(example),
+                                     input_names=list(ONNX_INPUTS[:len(example)]),
                                      output_names=["log_prob"], report=False, verbose=False)
     except Exception as e:  # the exporter's many failure types; one line for the user
         raise ExportError(f"the ONNX exporter cannot take this model's density path: "
                           f"{_first_line(e)}") from e
 
 
-def _onnx_difference(program, path: Path, flow: Flow, inputs: torch.Tensor) -> float:
+def _onnx_difference(program, path: Path, flow: Flow, inputs: tuple) -> float:
     """Save ``program`` to ``path`` and return the largest ``|onnxruntime − eager|`` of the
-    densities of ``inputs``; an :class:`ExportError` beyond :data:`TOLERANCE` (relative to the
-    largest density, as :func:`export` checks)."""
+    densities of ``inputs`` (``(y,)`` or ``(y, context)``); an :class:`ExportError` beyond
+    :data:`TOLERANCE` (relative to the largest density, as :func:`export` checks)."""
     with _quiet():
         program.save(str(path), external_data=False)
     session = _onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = torch.from_numpy(session.run(None, {"y": inputs.numpy()})[0])
+    feed = {n: t.numpy() for n, t in zip(ONNX_INPUTS[:len(inputs)], inputs, strict=True)}
+    got = torch.from_numpy(session.run(None, feed)[0])
     with torch.no_grad():
-        want = flow.log_prob(inputs)
+        want = flow.log_prob(*inputs)
     diff = (got - want).abs().max().item()
     if not diff <= TOLERANCE * max(1.0, want.abs().max().item()):
         raise ExportError(f"the ONNX density path differs from the model by {diff:.3g} nats")
     return diff
 
 
-def export_onnx(flow: Flow, inputs: torch.Tensor, path: str | Path, num_levels: int | None) -> dict:
+def export_onnx(flow: Flow, inputs: torch.Tensor, path: str | Path, num_levels: int | None,
+                context: torch.Tensor | None = None) -> dict:
     """Write the density path of ``flow`` as the ONNX model ``path`` (exported and checked on the
-    CPU): input ``y`` ``(B, *event_shape)`` float32 in model space (as ``density.pt2``), output
-    ``log_prob`` ``(B,)`` in nats, any batch size to :data:`MAX_BATCH`. onnxruntime's densities
-    of ``inputs`` (model-space examples, e.g. test data) must equal the eager model's (see
+    CPU): input ``y`` ``(B, *event_shape)`` float32 in model space (as ``density.pt2``; a
+    conditional flow also ``context`` ``(B, k)``), output ``log_prob`` ``(B,)`` in nats, any batch
+    size to :data:`MAX_BATCH`. onnxruntime's densities of ``inputs`` (model-space examples, e.g.
+    test data, with their ``context``) must equal the eager model's (see
     :func:`_onnx_difference`) before the file is written. Returns what the model's metadata
     records under ``realnvp`` (JSON)."""
     _onnxruntime()
-    flow, inputs = _servable(flow).cpu(), inputs.float().cpu()
-    program = _onnx_program(flow, inputs[:2])
-    info = {"event_shape": list(flow.event_shape), "num_levels": num_levels, "max_batch": MAX_BATCH,
-            "units": "nats"}
+    flow = _servable(flow).cpu()
+    inputs = tuple(t.float().cpu() for t in _with_context(inputs, context))
+    program = _onnx_program(flow, tuple(t[:2] for t in inputs))
+    info = {"event_shape": list(flow.event_shape), "context_features": flow.context_features,
+            "num_levels": num_levels, "max_batch": MAX_BATCH, "units": "nats"}
     with atomic.replacing(path) as tmp:
         info["max_abs_difference"] = {"density": _onnx_difference(program, tmp, flow, inputs)}
         program.model.metadata_props["realnvp"] = json.dumps(info)

@@ -404,16 +404,19 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _export_inputs(args, run) -> torch.Tensor:
-    """Up to 64 test examples in model space (images at their bins' centres), on the model's
-    device: what the exported programs are checked on."""
-    from ..inputs import pixels_to_unit
+def _export_inputs(args, run) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Up to 64 test examples in model space (images at their bins' centres), with their context
+    for a conditional run, on the model's device: what the exported programs are checked on."""
+    from torch.utils.data import DataLoader
+
+    from ..inputs import batch_parts, pixels_to_unit
     from ..training import load_split
 
     dataset, _ = load_split(run.config, "test", args.data_dir, augment=False)
-    x = torch.stack([dataset[i] for i in range(min(64, len(dataset)))])
+    device = next(run.model.parameters()).device
+    x, context = batch_parts(next(iter(DataLoader(dataset, batch_size=64))), run.info, device)
     inputs = pixels_to_unit(x, run.info) if run.info.kind == "image" else x.float()
-    return inputs.to(next(run.model.parameters()).device)
+    return inputs.to(device), context
 
 
 def cmd_export(args) -> int:
@@ -432,14 +435,14 @@ def cmd_export(args) -> int:
     else:
         made = not out.exists()
         writable_dir(out)
-    inputs = _export_inputs(args, run)
+    inputs, context = _export_inputs(args, run)
     if onnx:
-        diff = export_onnx(run.model, inputs, out, run.info.num_levels)["max_abs_difference"]
+        diff = export_onnx(run.model, inputs, out, run.info.num_levels, context)["max_abs_difference"]
         print(f"wrote {out}, the density path as ONNX (onnxruntime = eager to "
               f"{diff['density']:.2g} nats on {len(inputs)} test examples)")
         return 0
     try:
-        diff = export(run.model, inputs, out, run.info.num_levels)["max_abs_difference"]
+        diff = export(run.model, inputs, out, run.info.num_levels, context)["max_abs_difference"]
     except BaseException:
         if made and not any(out.iterdir()):  # the exporter refused: leave no empty folder behind
             out.rmdir()
