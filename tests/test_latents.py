@@ -158,7 +158,6 @@ def test_latents_bad_arguments_are_one_line(tmp_path, capsys, runs, monkeypatch,
 @pytest.mark.parametrize("argv, message", [
     (["--data", "toy:moons", "--set", "num_couplings=2", "--set", "hidden=8"], "is a vector run"),
     (["--set", "num_scales=1"], "has a single scale"),
-    (["--set", "conditional=true"], "does not take conditional runs yet"),
 ])
 def test_latents_refuses_runs_without_scales_to_show(tmp_path, capsys, argv, message):
     run = tmp_path / "run"
@@ -166,3 +165,40 @@ def test_latents_refuses_runs_without_scales_to_show(tmp_path, capsys, argv, mes
     code, _, err = cli(capsys, "latents", run, "-o", tmp_path / "scales.png")
     assert code == 2 and message in one_line(err)
     assert not (tmp_path / "scales.png").exists()
+
+
+def test_a_class_conditional_view_encodes_and_decodes_under_one_label():
+    """Every row is decoded under the image's context: the first reconstructs it, the last is
+    the plain conditional sample, and another class gives other images."""
+    torch.manual_seed(0)
+    model = perturb(RealNVP((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1,
+                            context_features=3), scale=0.05).eval()
+    x = (torch.randint(0, 256, (1, 1, 8, 8)).float() + 0.5) / 256
+    c = torch.tensor([[0.0, 1.0, 0.0]])
+    with torch.no_grad():
+        z = model.encode(x, c)
+    n = 4
+    images, keeps = scale_rows(model, z, n, 0.6, torch.Generator().manual_seed(3), context=c)
+    rows = images.reshape(len(keeps), n, 1, 8, 8)
+    torch.testing.assert_close(rows[0], x.expand(n, -1, -1, -1), rtol=0, atol=1e-4)
+    plain = model.sample(n, 0.6, generator=torch.Generator().manual_seed(3), context=c.expand(n, -1))
+    torch.testing.assert_close(rows[-1], plain, rtol=0, atol=0)
+    other, _ = scale_rows(model, z, n, 0.6, torch.Generator().manual_seed(3),
+                          context=torch.tensor([[0.0, 0.0, 1.0]]))
+    assert not torch.allclose(other, images, atol=1e-3)
+
+
+def test_latents_of_a_class_conditional_run(tmp_path, capsys):
+    from realnvp.config import Config
+    from realnvp.training import load_split
+
+    run = tmp_path / "run"
+    assert cli(capsys, "train", "--out", run, *STEPS, "--set", "conditional=true")[0] == 0
+    label = int(load_split(Config(conditional=True), "test")[0][7][1])
+    code, out, err = cli(capsys, "latents", run, "--image", "7", "-n", "3", "-o", tmp_path / "a.png")
+    assert code == 0 and f"test example 7, class {label}" in out, err
+    code, _, err = cli(capsys, "latents", run, "--image", "sample", "-o", tmp_path / "b.png")
+    assert code == 2 and "class-conditional: give --label N" in one_line(err)
+    assert not (tmp_path / "b.png").exists()
+    code, out, _ = cli(capsys, "latents", run, "--image", "sample", "--label", "4", "-o", tmp_path / "b.png")
+    assert code == 0 and "a sample (seed 0), class 4" in out

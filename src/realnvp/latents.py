@@ -34,8 +34,10 @@ def keep_scales(z: Tensor, noise: Tensor, slices: list[slice], keep: int) -> Ten
 
 @torch.no_grad()
 def scale_rows(model: Flow, z: Tensor | None, n: int = 8, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> tuple[Tensor, list[int]]:
-    """The scale view of one latent ``z`` ``(1, D)`` of a multi-scale ``model`` (eval mode).
+               generator: torch.Generator | None = None,
+               context: Tensor | None = None) -> tuple[Tensor, list[int]]:
+    """The scale view of one latent ``z`` ``(1, D)`` of a multi-scale ``model`` (eval mode); a
+    conditional model's under one ``context`` ``(1, k)`` (``z``'s own), for every image.
 
     ``n`` draws ``ε ~ N(0, temperature² I)`` ``(n, D)`` are taken first from ``generator`` (the
     draws :meth:`~realnvp.Flow.sample` takes with the same generator state) and shared by every
@@ -50,5 +52,6 @@ def scale_rows(model: Flow, z: Tensor | None, n: int = 8, temperature: float = 1
     if z is None:
         z = model._prior_draw(1, temperature, generator)
     keeps = list(range(len(slices), -1, -1))
-    images = [model.decode(keep_scales(z, noise, slices, k)) for k in keeps]
+    rows_context = None if context is None else context.reshape(1, -1).expand(n, -1)
+    images = [model.decode(keep_scales(z, noise, slices, k), rows_context) for k in keeps]
     return torch.cat(images), keeps

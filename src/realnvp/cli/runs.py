@@ -62,7 +62,8 @@ def _needs_data(run, command: str) -> None:
 def _unconditional(run, command: str) -> None:
     _needs_data(run, command)
     if run.model.context_features:
-        raise UsageError(f"{command} does not take conditional runs yet; eval, sample and score do")
+        raise UsageError(f"{command} does not take conditional runs yet; eval, sample, score, latents "
+                         "and export do")
 
 
 def _context(args, run, n: int, device) -> torch.Tensor | None:
@@ -74,12 +75,13 @@ def _context(args, run, n: int, device) -> torch.Tensor | None:
     if run.info.context_features and args.label is not None:
         raise UsageError("--label: this run is conditioned on context columns, not on classes; "
                          "give --context V1,...")
+    values = getattr(args, "context", None)  # the commands that take --context
     try:
-        if run.info.context_features or args.context is not None:
-            return column_context(args.context, run.info, n, device)
+        if run.info.context_features or values is not None:
+            return column_context(values, run.info, n, device)
         return class_context(run.model, n, device, args.label)
     except ValueError as e:
-        given = ("--context " + ",".join(f"{v:g}" for v in args.context) if args.context is not None
+        given = ("--context " + ",".join(f"{v:g}" for v in values) if values is not None
                  else f"--label {args.label}" if args.label is not None else args.command)
         raise UsageError(f"{given}: {e}") from None
 
@@ -232,7 +234,7 @@ def cmd_interpolate(args) -> int:
 
 def _scale_slices(run) -> list[slice]:
     """The run's per-scale latent coordinates; a one-line refusal for a run without scales."""
-    _unconditional(run, "latents")
+    _needs_data(run, "latents")
     if run.info.kind != "image":
         raise UsageError(f"latents shows what each scale of a multi-scale image model encodes; "
                          f"{run.path} is a {run.info.kind} run ({run.config.model})")
@@ -246,24 +248,36 @@ def _scale_slices(run) -> list[slice]:
     return slices
 
 
-def _latents_source(args, run, device) -> tuple[torch.Tensor | None, str]:
+def _latents_source(args, run, device) -> tuple[torch.Tensor | None, torch.Tensor | None, str]:
     """The latent ``(1, D)`` of ``--image`` (a test index or an image file; ``None`` for
-    ``sample``) and words for it."""
+    ``sample``), its context ``(1, k)`` (a class-conditional run's: ``--label``, else a test
+    example's own label; ``None`` for an unconditional run) and words for it."""
     from ..inputs import pixels_to_unit
     from ..score import read_inputs
     from ..training import load_split
 
-    if args.image == "sample":
-        return None, f"a sample (seed {args.seed})"
+    label = args.label
     if args.image.isdigit():
         dataset, _ = load_split(run.config, "test", args.data_dir, augment=False)
         i = int(args.image)
         if i >= len(dataset):
             raise UsageError(f"--image {i}: the test split has examples 0 to {len(dataset) - 1}")
-        x, what = dataset[i][None], f"test example {i}"
-    else:
+        x, what = dataset[i], f"test example {i}"
+        if isinstance(x, tuple):  # a labelled view: (image, label)
+            x, label = x[0], int(x[1]) if label is None else label
+        x = x[None]
+    elif args.image != "sample":
         x, what = read_inputs([args.image], run.info)[0][1][:1], args.image
-    return run.model.encode(pixels_to_unit(x, run.info).to(device)), what
+    else:
+        x, what = None, f"a sample (seed {args.seed})"
+    if run.model.context_features and label is None:
+        raise UsageError(f"this run is class-conditional: give --label N, the class of {what}")
+    args.label = label
+    context = _context(args, run, 1, device)
+    if context is not None:
+        what += f", class {label}"
+    z = None if x is None else run.model.encode(pixels_to_unit(x, run.info).to(device), context)
+    return z, context, what
 
 
 def cmd_latents(args) -> int:
@@ -282,9 +296,9 @@ def cmd_latents(args) -> int:
     _scale_slices(run)
     device = next(run.model.parameters()).device
     with torch.no_grad():
-        z, what = _latents_source(args, run, device)
+        z, context, what = _latents_source(args, run, device)
     g = torch.Generator(device).manual_seed(args.seed)
-    images, keeps = scale_rows(run.model, z, args.n, args.temperature, generator=g)
+    images, keeps = scale_rows(run.model, z, args.n, args.temperature, generator=g, context=context)
     save(image_grid(to_pixels(images.cpu(), run.info), nrow=args.n), out)
     print(f"wrote the scale view of {what} to {out}: {len(keeps)} rows (keeping the coarsest "
           f"{', '.join(map(str, keeps))} of {keeps[0]} scales) x {args.n} draws of the rest at "
@@ -510,6 +524,9 @@ def add_parsers(sub) -> None:
                    help="the prior's standard deviation for the resampled scales")
     t.add_argument("-n", type=int, default=8,
                    help=f"columns: resampled draws per row (at most {MAX_LATENT_COLUMNS})")
+    t.add_argument("--label", type=int, default=None,
+                   help="class-conditional runs: the class to encode and decode in (default: a "
+                        "test example's own; required for an image file or 'sample')")
     t.add_argument("--data-dir")
     t.set_defaults(func=cmd_latents)
 
