@@ -66,12 +66,15 @@ def _unconditional(run, command: str) -> None:
                          "and export do")
 
 
-def _context(args, run, n: int, device) -> torch.Tensor | None:
+def _context(args, run, n: int, device, of: str | None = None) -> torch.Tensor | None:
     """The ``(n, k)`` context that ``--label`` or ``--context`` gives a conditional run (``None``
     for an unconditional one, which refuses both); a class-conditional run without ``--label``
-    gets the classes in turn."""
+    gets the classes in turn, or, when the label is that ``of`` given inputs, a refusal."""
     from ..inputs import class_context, column_context
 
+    if of is not None and run.model.context_features and not run.info.context_features \
+            and args.label is None:
+        raise UsageError(f"this run is class-conditional: give --label N, the class of {of}")
     if run.info.context_features and args.label is not None:
         raise UsageError("--label: this run is conditioned on context columns, not on classes; "
                          "give --context V1,...")
@@ -270,10 +273,8 @@ def _latents_source(args, run, device) -> tuple[torch.Tensor | None, torch.Tenso
         x, what = read_inputs([args.image], run.info)[0][1][:1], args.image
     else:
         x, what = None, f"a sample (seed {args.seed})"
-    if run.model.context_features and label is None:
-        raise UsageError(f"this run is class-conditional: give --label N, the class of {what}")
     args.label = label
-    context = _context(args, run, 1, device)
+    context = _context(args, run, 1, device, of=what)
     if context is not None:
         what += f", class {label}"
     z = None if x is None else run.model.encode(pixels_to_unit(x, run.info).to(device), context)
@@ -314,8 +315,6 @@ def cmd_score(args) -> int:
     run = _load(args)
     _needs_data(run, "score")
     info = run.info
-    if run.model.context_features and not info.context_features and args.label is None:
-        raise UsageError("this run is class-conditional: give --label N, the class of the inputs")
     inputs = read_inputs(args.inputs, info, run.config.context_columns)
     if args.context is not None and any(c is not None for _, _, c in inputs):
         raise UsageError("--context: the rows hold the context columns already; give rows of the "
@@ -336,7 +335,7 @@ def cmd_score(args) -> int:
         for start in range(0, batch.shape[0], args.batch_size):
             chunk = batch[start:start + args.batch_size]
             context = row_context[start:start + args.batch_size] if row_context is not None \
-                else _context(args, run, chunk.shape[0], device)
+                else _context(args, run, chunk.shape[0], device, of="the inputs")
             bpd = per_example_bits_per_dim(run.model, chunk, info, args.dequant_samples,
                                            dequantizer=run.dequantizer, context=context).cpu()
             for i, b in enumerate(bpd.tolist()):
