@@ -1,5 +1,7 @@
-"""The multi-scale latent view (paper App. D): which latent coordinates belong to which scale, and
-``realnvp latents`` keeping the coarsest scales of an image and resampling the others."""
+"""Views of the latent space: the multi-scale view (paper App. D; which latent coordinates belong to
+which scale, and ``realnvp latents`` keeping the coarsest scales of an image and resampling the
+others) and the manifold through four examples (Fig. 6, ``realnvp interpolate``), class-conditional
+runs included."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from PIL import Image
 
 from helpers import TINY, cli, one_line, perturb
 from realnvp.bijectors import MultiScale, Squeeze
-from realnvp.latents import keep_scales, scale_rows
+from realnvp.cli import main
+from realnvp.latents import keep_scales, manifold, manifold_latents, scale_rows
 from realnvp.models import MAF, FFJORDImage, Glow, RealNVP, VectorRealNVP
 
 STEPS = ["--epochs", "1", "--max-steps", "3", *TINY, "--device", "cpu", "--set", "num_samples=4",
@@ -188,13 +191,24 @@ def test_a_class_conditional_view_encodes_and_decodes_under_one_label():
     assert not torch.allclose(other, images, atol=1e-3)
 
 
-def test_latents_of_a_class_conditional_run(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+    """A class-conditional RealNVP run on the digits, three steps."""
+    run = tmp_path_factory.mktemp("runs") / "conditional"
+    assert main(["train", "--out", str(run), *STEPS, "--set", "conditional=true"]) == 0
+    return run
+
+
+def _test_labels() -> torch.Tensor:
     from realnvp.config import Config
     from realnvp.training import load_split
 
-    run = tmp_path / "run"
-    assert cli(capsys, "train", "--out", run, *STEPS, "--set", "conditional=true")[0] == 0
-    label = int(load_split(Config(conditional=True), "test")[0][7][1])
+    return load_split(Config(conditional=True), "test")[0].labels
+
+
+def test_latents_of_a_class_conditional_run(tmp_path, capsys, conditional_run):
+    run = conditional_run
+    label = int(_test_labels()[7])
     code, out, err = cli(capsys, "latents", run, "--image", "7", "-n", "3", "-o", tmp_path / "a.png")
     assert code == 0 and f"test example 7, class {label}" in out, err
     code, _, err = cli(capsys, "latents", run, "--image", "sample", "-o", tmp_path / "b.png")
@@ -202,3 +216,77 @@ def test_latents_of_a_class_conditional_run(tmp_path, capsys):
     assert not (tmp_path / "b.png").exists()
     code, out, _ = cli(capsys, "latents", run, "--image", "sample", "--label", "4", "-o", tmp_path / "b.png")
     assert code == 0 and "a sample (seed 0), class 4" in out
+
+
+def test_the_manifold_passes_through_its_four_examples_in_their_class():
+    """Fig. 6 under a class: the grid's corners decode to the four examples encoded in that class,
+    the grid is the decoded ``manifold_latents`` of their latents, and another class gives other
+    images; an unconditional model's manifold is the same computation without a context."""
+    torch.manual_seed(0)
+    model = perturb(RealNVP((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1,
+                            context_features=3), scale=0.05).eval()
+    x = (torch.randint(0, 256, (4, 1, 8, 8)).float() + 0.5) / 256
+    c = torch.tensor([[0.0, 1.0, 0.0]])
+    steps = 3
+    images = manifold(model, x, steps, c)
+    assert images.shape == (steps * steps, 1, 8, 8)
+    corners = images[[0, steps - 1, steps * (steps - 1), steps * steps - 1]]
+    torch.testing.assert_close(corners, x, rtol=0, atol=1e-4)
+    with torch.no_grad():
+        z = model.encode(x, c.expand(4, -1))
+        by_hand = model.decode(manifold_latents(z, steps), c.expand(steps * steps, -1))
+    torch.testing.assert_close(images, by_hand, rtol=0, atol=0)
+    other = manifold(model, x, steps, torch.tensor([[0.0, 0.0, 1.0]]))
+    torch.testing.assert_close(other[[0, steps * steps - 1]], x[[0, 3]], rtol=0, atol=1e-4)
+    assert not torch.allclose(other[1], images[1], atol=1e-3)  # between the corners, the class shows
+
+    plain = perturb(RealNVP((1, 8, 8), num_scales=2, hidden_channels=4, num_blocks=1), scale=0.05).eval()
+    with torch.no_grad():
+        expected = plain.decode(manifold_latents(plain.encode(x), steps))
+    torch.testing.assert_close(manifold(plain, x, steps), expected, rtol=0, atol=0)
+
+
+def _examples(out: str) -> list[int]:
+    return [int(i) for i in out.split("test examples [")[1].split("]")[0].split(", ")]
+
+
+def test_interpolate_of_a_class_conditional_run(tmp_path, capsys, conditional_run):
+    run, labels = conditional_run, _test_labels()
+    code, out, err = cli(capsys, "interpolate", run, "--steps", "2", "-o", tmp_path / "a.png")
+    assert code == 0 and (tmp_path / "a.png").is_file(), err
+    label = int(out.split("decoded in class ")[1].split()[0])
+    assert all(int(labels[i]) == label for i in _examples(out))  # four of one class, drawn
+
+    code, out, _ = cli(capsys, "interpolate", run, "--steps", "2", "--label", "3", "--seed", "5",
+                       "-o", tmp_path / "b.png")
+    assert code == 0 and "decoded in class 3" in out
+    assert all(int(labels[i]) == 3 for i in _examples(out))
+
+    mixed = [int((labels == k).nonzero()[0]) for k in (0, 1, 1, 2)]
+    code, out, _ = cli(capsys, "interpolate", run, "--steps", "2", "--indices", *map(str, mixed),
+                       "--label", "4", "-o", tmp_path / "c.png")
+    assert code == 0 and f"test examples {mixed}, encoded and decoded in class 4" in out
+    same = [int(i) for i in (labels == 6).nonzero()[:4, 0]]
+    code, out, _ = cli(capsys, "interpolate", run, "--steps", "2", "--indices", *map(str, same),
+                       "-o", tmp_path / "d.png")
+    assert code == 0 and "decoded in class 6" in out
+
+    for argv, message in [
+        (["--indices", *map(str, mixed)], "test examples of classes [0, 1, 2]; the manifold is "
+                                          "encoded and decoded in one class: give --label N"),
+        (["--label", "10"], "--label 10"),
+        (["--label", "-1"], "--label -1"),
+    ]:
+        code, _, err = cli(capsys, "interpolate", run, *argv, "-o", tmp_path / "e.png")
+        assert code == 2 and message in one_line(err), err
+        assert not (tmp_path / "e.png").exists()
+
+
+def test_interpolate_refuses_a_label_on_an_unconditional_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(capsys, "train", "--out", run, *STEPS)[0] == 0
+    code, _, err = cli(capsys, "interpolate", run, "--label", "3", "-o", tmp_path / "m.png")
+    assert code == 2 and "this model is unconditional" in one_line(err)
+    assert not (tmp_path / "m.png").exists()
+    code, out, _ = cli(capsys, "interpolate", run, "--steps", "2", "-o", tmp_path / "m.png")
+    assert code == 0 and "decoded in class" not in out

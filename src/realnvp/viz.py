@@ -150,19 +150,3 @@ def save(image: Image.Image, path: str | Path) -> Path:
     with replacing(path) as tmp:
         image.save(tmp, format="PNG")
     return Path(path)
-
-
-def manifold_latents(z: torch.Tensor, steps: int = 8) -> torch.Tensor:
-    """The paper's Figure 6 manifold from four latents ``z = (z1, z2, z3, z4)``, shape (4, D):
-    ``cos φ (cos φ' z1 + sin φ' z2) + sin φ (cos φ' z3 + sin φ' z4)`` for φ, φ' on a
-    ``steps × steps`` grid over ``[0, π/2]``; returns ``(steps², D)``, row-major in φ."""
-    if z.shape[0] != 4:
-        raise ValueError(f"need exactly 4 latents, got {z.shape[0]}")
-    phis = torch.linspace(0, math.pi / 2, steps, dtype=z.dtype, device=z.device)
-    rows = []
-    for phi in phis:
-        for phi2 in phis:
-            a = torch.cos(phi2) * z[0] + torch.sin(phi2) * z[1]
-            b = torch.cos(phi2) * z[2] + torch.sin(phi2) * z[3]
-            rows.append(torch.cos(phi) * a + torch.sin(phi) * b)
-    return torch.stack(rows)

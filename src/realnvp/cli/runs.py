@@ -59,13 +59,6 @@ def _needs_data(run, command: str) -> None:
                          "them), realnvp sample decodes draws from the prior")
 
 
-def _unconditional(run, command: str) -> None:
-    _needs_data(run, command)
-    if run.model.context_features:
-        raise UsageError(f"{command} does not take conditional runs yet; eval, sample, score, latents "
-                         "and export do")
-
-
 def _context(args, run, n: int, device, of: str | None = None) -> torch.Tensor | None:
     """The ``(n, k)`` context that ``--label`` or ``--context`` gives a conditional run (``None``
     for an unconditional one, which refuses both); a class-conditional run without ``--label``
@@ -206,33 +199,58 @@ def _unstandardise(x: torch.Tensor, info):
 
 def cmd_interpolate(args) -> int:
     from ..inputs import pixels_to_unit, to_pixels
+    from ..latents import manifold
     from ..training import load_split
-    from ..viz import image_grid, manifold_latents, save
+    from ..viz import image_grid, save
 
     if args.steps > MAX_MANIFOLD_STEPS:
         raise UsageError(f"--steps {args.steps} would decode {args.steps ** 2:,} images; "
                          f"at most {MAX_MANIFOLD_STEPS}")
     out = writable_file(args.output)
     run = _load(args)
-    _unconditional(run, "interpolate")
+    _needs_data(run, "interpolate")
     if run.info.kind != "image":
         raise UsageError("interpolate draws the paper's Figure 6 and needs an image model")
-    dataset, _ = load_split(run.config, "test", args.data_dir, augment=False)
-    if args.indices:
-        idx = args.indices
-        if len(idx) != 4 or any(not 0 <= i < len(dataset) for i in idx):
-            raise UsageError(f"--indices needs 4 test indices in [0, {len(dataset) - 1}]")
-    else:
-        g = torch.Generator().manual_seed(args.seed)
-        idx = torch.randperm(len(dataset), generator=g)[:4].tolist()
-    x = torch.stack([dataset[i] for i in idx])
     device = next(run.model.parameters()).device
-    with torch.no_grad():
-        z = run.model.encode(pixels_to_unit(x, run.info).to(device))
-        images = run.model.decode(manifold_latents(z, args.steps)).cpu()
+    if args.label is not None:
+        _context(args, run, 1, device)  # an unconditional run, or a class out of range: refused
+    dataset, _ = load_split(run.config, "test", args.data_dir, augment=False)
+    idx, label = _manifold_examples(args, dataset, run.model.context_features > 0)
+    args.label = label
+    context = _context(args, run, 1, device)
+    x = torch.stack([dataset[i][0] if label is not None else dataset[i] for i in idx])
+    images = manifold(run.model, pixels_to_unit(x, run.info).to(device), args.steps, context).cpu()
     save(image_grid(to_pixels(images, run.info), nrow=args.steps), out)
-    print(f"wrote the {args.steps}x{args.steps} latent manifold of test examples {idx} to {out}")
+    of = "" if label is None else f", encoded and decoded in class {label}"
+    print(f"wrote the {args.steps}x{args.steps} latent manifold of test examples {idx}{of} to {out}")
     return 0
+
+
+def _manifold_examples(args, dataset, conditional: bool) -> tuple[list[int], int | None]:
+    """The four test examples of ``interpolate`` (``--indices``, or drawn with ``--seed``) and,
+    for a class-conditional run, the one class that encodes and decodes them: ``--label``, else
+    the examples' own (``--indices`` of several classes are refused); drawn examples are then
+    four of that class (of the first drawn example's class without ``--label``)."""
+    if args.indices and any(not 0 <= i < len(dataset) for i in args.indices):
+        raise UsageError(f"--indices needs 4 test indices in [0, {len(dataset) - 1}]")
+    labels = dataset.labels if conditional else None
+    if args.indices:
+        if labels is None or args.label is not None:
+            return args.indices, args.label
+        classes = sorted({int(labels[i]) for i in args.indices})
+        if len(classes) > 1:
+            raise UsageError(f"--indices: test examples of classes {classes}; the manifold is "
+                             "encoded and decoded in one class: give --label N")
+        return args.indices, classes[0]
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))
+    if labels is None:
+        return order[:4].tolist(), None
+    label = int(labels[order[0]]) if args.label is None else args.label
+    idx = order[labels[order] == label][:4].tolist()
+    if len(idx) < 4:
+        raise UsageError(f"--label {label}: the test split has {len(idx)} examples of that class; "
+                         "the manifold needs 4 (or give --indices)")
+    return idx, label
 
 
 def _scale_slices(run) -> list[slice]:
@@ -508,7 +526,12 @@ def add_parsers(sub) -> None:
     i.add_argument("-o", "--output", default="manifold.png")
     i.add_argument("--steps", type=positive_int, default=8,
                    help=f"the grid's side (at most {MAX_MANIFOLD_STEPS}: steps² images are decoded)")
-    i.add_argument("--indices", type=int, nargs=4)
+    i.add_argument("--indices", type=int, nargs=4,
+                   help="four test examples (default: four drawn with --seed; of one class on "
+                        "class-conditional runs)")
+    i.add_argument("--label", type=int, default=None,
+                   help="class-conditional runs: the class to encode and decode the four in "
+                        "(default: the examples' own, which must then be one)")
     i.add_argument("--data-dir")
     i.set_defaults(func=cmd_interpolate)
 
