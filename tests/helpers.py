@@ -2,7 +2,8 @@
 
 Bijector checks (exact inverses and log-dets against autograd Jacobians); the command line and
 run folders (tiny training arguments, ``realnvp`` in process and in a subprocess, metrics rows);
-checkpoint files (tensors to save, ways of damaging a file) and a pickle that runs a command.
+checkpoint files (tensors to save, ways of damaging a file) and a pickle that runs a command;
+data files in their real formats.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import csv
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -249,3 +252,28 @@ CORRUPTIONS = {
     "not-a-checkpoint": lambda p: p.write_text("hello, world\n" * 40),
 }
 """Ways of damaging a checkpoint file in place, by name."""
+
+
+# ============================================================================ data files
+
+
+def idx3_bytes(images: np.ndarray, magic: int = 2051) -> bytes:
+    n, rows, cols = images.shape
+    return struct.pack(">IIII", magic, n, rows, cols) + images.astype(np.uint8).tobytes()
+
+
+def random_images(n: int, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
+
+
+def write_mnist(folder: Path, train: int, test: int) -> Path:
+    """Random MNIST in its real files (IDX, uncompressed): ``train`` and ``test`` images with
+    their labels, in ``folder``."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, (prefix, n) in enumerate((("train", train), ("t10k", test))):
+        images = random_images(n, (28, 28), seed)
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(idx3_bytes(images))
+        labels = rng.integers(0, 10, n, dtype=np.uint8).tobytes()
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels)
+    return folder

@@ -16,20 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import Exploit
+from helpers import Exploit, idx3_bytes, random_images
 from realnvp.data import DataError, DataInfo, load_dataset
 from realnvp.data import download as dl
 
 # ----------------------------------------------------------------------------- writers
-
-
-def idx3_bytes(images: np.ndarray, magic: int = 2051) -> bytes:
-    n, rows, cols = images.shape
-    return struct.pack(">IIII", magic, n, rows, cols) + images.astype(np.uint8).tobytes()
-
-
-def random_images(n: int, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
 
 
 def cifar_batch(images: np.ndarray, protocol: int = 2) -> bytes:

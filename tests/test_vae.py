@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from helpers import cli, jacobian_log_dets, metrics_rows, one_line
+from helpers import cli, jacobian_log_dets, metrics_rows, one_line, write_mnist
 from realnvp.vi.vae import POSTERIORS, VAE, binarize, bounds, planar_step, radial_step
 
 TINY_LATENT = {"gaussian": 1, "planar": 1, "radial": 1, "iaf": 1, "realnvp": 2}
@@ -224,6 +224,22 @@ def test_the_mnist_recipe_reads():
     assert cfg.data == "mnist" and cfg.batch_size == 100
     assert spec == dict(posterior="planar", length=80, latent=40, hidden=400, flow_hidden=320,
                         iw_samples=5000, iaf_transformer="affine", anneal_steps=10_000)
+
+
+def test_the_mnist_recipe_runs_on_mnist_files(tmp_path, capsys):
+    """R&M's recipe end to end on MNIST in its real files (random images, 120 training and 10
+    test): two steps on the CPU with its architecture, annealing and validation split; only the
+    device, the steps and the test's S are cut."""
+    data, run = write_mnist(tmp_path / "mnist", 120, 10), tmp_path / "run"
+    code, out, err = cli(capsys, "vae", "--config", "vae-mnist", "--data-dir", data, "--device", "cpu",
+                         "--max-steps", "2", "--iw-samples", "3", "--quiet", "--out", run)
+    assert code == 0 and "mnist: 108 train / 12 valid" in out, err
+    spec = json.loads((run / "vae.json").read_text())
+    recipe = (spec["posterior"], spec["length"], spec["latent"], spec["anneal_steps"])
+    assert recipe == ("planar", 80, 40, 10_000)
+    result = json.loads((run / "eval.json").read_text())
+    assert result["num_images"] == 10 and result["iw_samples"] == 3 and result["steps"] == 2
+    assert math.isfinite(result["neg_elbo"]) and math.isfinite(result["nll_iw"])
 
 
 def test_runs_from_before_the_iaf_transformer_choice_read_as_affine(tmp_path):
