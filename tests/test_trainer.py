@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from helpers import metrics_rows, same
+from helpers import cli, metrics_rows, same
 from realnvp import atomic, checkpoint
 from realnvp.config import Config
 from realnvp.distributed import DistInfo
@@ -71,6 +71,27 @@ def test_stopping_at_step_limits_then_resuming_gives_the_uninterrupted_run(tmp_p
     assert {k: v for k, v in state_a.items() if k != "seconds"} == \
         {k: v for k, v in state_b.items() if k != "seconds"}
     assert result == whole_result
+
+
+def _strict(text: str):
+    """``text`` as JSON, refusing the non-standard ``Infinity`` and ``NaN``."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_run_stopped_before_any_validation_claims_no_best_score(tmp_path, capsys, data):
+    """Stopped inside its first epoch, a run has scored nothing on the validation split: its
+    ``eval.json`` and ``realnvp info --json`` name no best score (and stay standard JSON)."""
+    assert data.valid is not None
+    path = tmp_path / "run"
+    run(tiny(), path, data, max_steps=2)
+    assert not any(key.startswith("best_") for key in _strict((path / "eval.json").read_text()))
+    code, out, _ = cli(capsys, "info", path, "--json")
+    assert code == 0 and _strict(out)["best_selection_score"] is None
+    run(tiny(), path, data, resume=True, max_steps=7)  # one epoch scored
+    assert math.isfinite(_strict((path / "eval.json").read_text())["best_valid_bpd_during_training"])
+    assert math.isfinite(_strict(cli(capsys, "info", path, "--json")[1])["best_selection_score"])
 
 
 class Clock:

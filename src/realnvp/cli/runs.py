@@ -385,6 +385,7 @@ def cmd_info(args) -> int:
         except checkpoint.CheckpointError as e:
             state = {"error": str(e)}
     best = None if "error" in state or not state else State.from_dict(state).best_score
+    best = best if best is not None and math.isfinite(best) else None  # no epoch scored yet
     # a fit run selects on its fresh draws; without a validation split nothing is selected and
     # the state's score is the last epoch's on the test split
     selected = bool(cfg.valid_size) or is_fit_run(path)

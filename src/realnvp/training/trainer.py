@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -298,7 +299,7 @@ class Trainer:
         sel, metric = ctx.data.selection_name, ctx.objective.metric
         result.update({"split": "test", "epochs": ctx.state.epoch, "steps": ctx.state.step,
                        "weights": weights})
-        if ctx.data.valid is not None:
+        if ctx.data.valid is not None and math.isfinite(ctx.state.best_score):  # an epoch was scored
             result[f"best_{sel}_{metric}_during_training"] = ctx.state.best_score
         if selected is not None:
             result["selected_epoch"] = selected
