@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import TINY, cli, one_line, perturb
+from helpers import TINY, cli, one_line, perturb, write_mnist
 from realnvp.bijectors import MultiScale, Squeeze
 from realnvp.cli import main
 from realnvp.latents import keep_scales, manifold, manifold_latents, scale_rows
@@ -290,3 +290,19 @@ def test_interpolate_refuses_a_label_on_an_unconditional_run(tmp_path, capsys):
     assert not (tmp_path / "m.png").exists()
     code, out, _ = cli(capsys, "interpolate", run, "--steps", "2", "-o", tmp_path / "m.png")
     assert code == 0 and "decoded in class" not in out
+
+
+def test_interpolate_refuses_a_test_split_of_fewer_than_four(tmp_path, capsys):
+    """MNIST files with 2 test images: a one-line refusal, not the traceback of a 2-row manifold;
+    and before its first epoch ends a run has no best checkpoint, which commands say how to
+    get round."""
+    data, run = write_mnist(tmp_path / "mnist", 24, 2), tmp_path / "run"
+    assert cli(capsys, "train", "--config", "mnist", "--data-dir", data, "--out", run, *STEPS,
+               "--batch-size", "4", "--set", "valid_size=4")[0] == 0
+    code, _, err = cli(capsys, "interpolate", run, "-o", tmp_path / "m.png")
+    assert code == 2 and "the test split has 2 examples; the manifold needs 4" in one_line(err)
+    assert not (tmp_path / "m.png").exists()
+    code, _, err = cli(capsys, "export", run, "-o", tmp_path / "exported")
+    assert code == 2 and "no best checkpoint yet; it is written when an epoch ends: --checkpoint " \
+        "last takes the latest weights" in one_line(err)
+    assert not (tmp_path / "exported").exists()

@@ -114,7 +114,9 @@ def load_run(path: str | Path, which: str = "best", device: str | torch.device =
         raise RunError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
     ckpt = path / "checkpoints" / f"{which}.safetensors"
     if not checkpoint.exists(ckpt):
-        raise RunError(f"{path} has no {which} checkpoint yet")
+        hint = ("; it is written when an epoch ends: --checkpoint last takes the latest weights"
+                if which == "best" and checkpoint.exists(ckpt.with_name("last.safetensors")) else "")
+        raise RunError(f"{path} has no {which} checkpoint yet{hint}")
     try:
         tensors, meta, source = checkpoint.load_with_fallback(ckpt, warn=warn)
     except checkpoint.CheckpointError as e:

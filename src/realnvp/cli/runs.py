@@ -231,6 +231,8 @@ def _manifold_examples(args, dataset, conditional: bool) -> tuple[list[int], int
     for a class-conditional run, the one class that encodes and decodes them: ``--label``, else
     the examples' own (``--indices`` of several classes are refused); drawn examples are then
     four of that class (of the first drawn example's class without ``--label``)."""
+    if len(dataset) < 4:
+        raise UsageError(f"the test split has {len(dataset)} examples; the manifold needs 4")
     if args.indices and any(not 0 <= i < len(dataset) for i in args.indices):
         raise UsageError(f"--indices needs 4 test indices in [0, {len(dataset) - 1}]")
     labels = dataset.labels if conditional else None
