@@ -233,7 +233,8 @@ def test_a_label_for_an_unconditional_run_and_labels_that_do_not_exist_are_refus
     assert code == 2 and "this model is unconditional" in one_line(err)
     code, _, err = cli(capsys, "train", "--data", "toy:moons", "--set", "conditional=true",
                        "--out", tmp_path / "toy", *TINY)
-    assert code == 2 and "toy:moons has no class labels" in one_line(err)
+    assert code == 2 and "toy:moons has no class labels (labelled: digits, mnist-5k, mnist, " \
+        "fashion-mnist, cifar10)" in one_line(err)
 
 
 # ------------------------------------------------------------- conditional tabular densities

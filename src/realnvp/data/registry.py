@@ -38,6 +38,15 @@ IMAGE_DATASETS = (
 TOY_DATASETS = tuple(f"toy:{name}" for name in GENERATORS)
 DATASETS: tuple[str, ...] = (*IMAGE_DATASETS, "tabular", *TOY_DATASETS)
 
+# Data sets whose files carry class labels (class-conditional training reads them).
+LABELLED_DATASETS = ("digits", "mnist-5k", "mnist", "fashion-mnist", "cifar10")
+
+
+def no_labels(name: str) -> str:
+    """The one line that refuses class-conditional training on ``name``."""
+    return f"conditional: {name} has no class labels (labelled: {', '.join(LABELLED_DATASETS)})"
+
+
 # Data sets whose training recipe in the paper uses horizontal flips.
 FLIP_DATASETS = frozenset({"cifar10", "celeba", "lsun-bedroom", "lsun-tower", "lsun-church"})
 

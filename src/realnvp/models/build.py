@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..config import Config, ConfigError
 from ..data import DataInfo
+from ..data.registry import no_labels
 from .autoregressive import IAF, MAF, NSFAutoregressive, NSFCoupling
 from .dequantization import VariationalDequantizer
 from .ffjord import FFJORD, FFJORDImage
@@ -87,7 +88,7 @@ def build_model(cfg: Config, info: DataInfo) -> Flow:
         raise ConfigError(f"mog_components: a MADE MoG base is for model maf or nsf-autoregressive, "
                           f"not {cfg.model}")
     if cfg.conditional and not info.num_classes:
-        raise ConfigError(f"conditional: {info.name} has no class labels (labelled: digits)")
+        raise ConfigError(no_labels(info.name))
     try:
         return (_image_model if info.kind == "image" else _vector_model)(cfg, info)
     except ValueError as e:

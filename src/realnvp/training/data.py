@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from ..config import Config, ConfigError
 from ..data import DataInfo, load_dataset
 from ..data.datasets import ContextColumnsDataset, VectorDataset
+from ..data.registry import no_labels
 from ..distributed import DistInfo
 
 
@@ -103,7 +104,7 @@ def load_split(cfg: Config, split: str, data_dir: str | None = None, download: b
                                  seed=cfg.seed, **extra)
     if cfg.conditional:
         if info.num_classes is None or getattr(dataset, "labels", None) is None:
-            raise ConfigError(f"conditional: {cfg.data} has no class labels (labelled: digits)")
+            raise ConfigError(no_labels(cfg.data))
         dataset = dataset.labelled()
     if cfg.context_columns:
         dataset, info = context_columns(dataset, info, cfg.context_columns)
