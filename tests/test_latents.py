@@ -303,6 +303,6 @@ def test_interpolate_refuses_a_test_split_of_fewer_than_four(tmp_path, capsys):
     assert code == 2 and "the test split has 2 examples; the manifold needs 4" in one_line(err)
     assert not (tmp_path / "m.png").exists()
     code, _, err = cli(capsys, "export", run, "-o", tmp_path / "exported")
-    assert code == 2 and "no best checkpoint yet; it is written when an epoch ends: --checkpoint " \
-        "last takes the latest weights" in one_line(err)
+    assert code == 2 and "no best checkpoint yet; it is written when an epoch ends, and the last " \
+        "checkpoint holds the latest weights (--checkpoint last)" in one_line(err)
     assert not (tmp_path / "exported").exists()

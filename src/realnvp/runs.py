@@ -114,7 +114,8 @@ def load_run(path: str | Path, which: str = "best", device: str | torch.device =
         raise RunError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
     ckpt = path / "checkpoints" / f"{which}.safetensors"
     if not checkpoint.exists(ckpt):
-        hint = ("; it is written when an epoch ends: --checkpoint last takes the latest weights"
+        hint = ("; it is written when an epoch ends, and the last checkpoint holds the latest "
+                "weights (--checkpoint last)"
                 if which == "best" and checkpoint.exists(ckpt.with_name("last.safetensors")) else "")
         raise RunError(f"{path} has no {which} checkpoint yet{hint}")
     try:
